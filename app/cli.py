@@ -1,0 +1,340 @@
+"""The `microscope` command.
+
+Heavy imports (torch, open_clip) happen inside the commands that need them, so `--help` and
+the database commands stay fast. Errors a user can act on print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from app.settings import get_settings
+from precompute.errors import MicroscopeError
+
+app = typer.Typer(
+    help="clip-microscope: see what every neuron of a CLIP vision tower responds to.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Create and migrate the store's schema (Alembic).", no_args_is_help=True)
+models_app = typer.Typer(help="Register open_clip models and inspect their layers.", no_args_is_help=True)
+toy_app = typer.Typer(help="The embedded synthetic world and toy CLIP models.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+app.add_typer(toy_app, name="toy")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+def _session():
+    from app.store.session import make_engine, make_sessionmaker
+
+    engine = make_engine(get_settings().database_url)
+    return make_sessionmaker(engine)()
+
+
+def _device(device: Optional[str]) -> str:
+    settings = get_settings()
+    if device:
+        settings = settings.model_copy(update={"device": device})
+    return settings.resolved_device()
+
+
+# --- db -------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Migrate the database up to REVISION (default: the newest)."""
+    from app.store import migrations
+
+    url = get_settings().database_url
+    migrations.upgrade(url, revision)
+    typer.echo(f"database at revision {migrations.current(url)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. 'base'.")]) -> None:
+    """Migrate the database down to REVISION."""
+    from app.store import migrations
+
+    url = get_settings().database_url
+    migrations.downgrade(url, revision)
+    typer.echo(f"database at revision {migrations.current(url) or 'base'}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's current revision."""
+    from app.store import migrations
+
+    typer.echo(migrations.current(get_settings().database_url) or "base")
+
+
+# --- models ---------------------------------------------------------------------------
+
+
+@models_app.command("arches")
+def models_arches(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The supported architectures with their layers, unit counts and spatial shapes."""
+    from precompute.architectures import architecture_table
+
+    table = architecture_table()
+    if as_json:
+        typer.echo(json.dumps(table, indent=2))
+        return
+    for row in table:
+        final = [layer for layer in row["layers"] if layer["kind"] != "pooled"]
+        typer.echo(f"{row['architecture']:10s} {row['family']:6s} {row['image_size']:4d}px  {len(row['layers'])} layers, "
+                   f"last: {final[-1]['name'] if row['family'] == 'vit' else 'layer4'}")
+
+
+@models_app.command("register")
+def models_register(
+    model_id: Annotated[str, typer.Argument(help="Your id for the model, e.g. rn50x4-openai.")],
+    arch: Annotated[str, typer.Option(help="open_clip architecture name, e.g. RN50x4 or ViT-B-32.")],
+    pretrained: Annotated[Optional[str], typer.Option(help="open_clip pretrained tag (downloads).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Local checkpoint (.safetensors, .pt, .bin).")] = None,
+    embedded: Annotated[bool, typer.Option(help="Use the checkpoint shipped for toy-rn/toy-vit.")] = False,
+    random: Annotated[bool, typer.Option(help="Random-initialised weights (shapes and speed only).")] = False,
+    description: str = "",
+) -> None:
+    """Load a model once (to check it) and record it in the store."""
+    from precompute.registry import load_embedded, load_model
+    from workers.models import register
+
+    chosen = sum(bool(x) for x in (pretrained, checkpoint, embedded, random))
+    if chosen != 1:
+        _fail("choose exactly one of --pretrained, --checkpoint, --embedded or --random")
+    if embedded:
+        loaded = load_embedded(arch, model_id=model_id)
+    else:
+        loaded = load_model(model_id, arch, pretrained=pretrained, checkpoint=checkpoint)
+    with _session() as session:
+        register(session, loaded, description)
+    layers = loaded.spec.layers
+    typer.echo(f"registered {model_id}: {arch}, {len(layers)} layers, {sum(l.units for l in layers)} units")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The registered models."""
+    from app.store import repository
+
+    with _session() as session:
+        for row in repository.list_models(session):
+            typer.echo(f"{row.id:24s} {row.arch:10s} {row.source:10s} {row.pretrained_tag or row.checkpoint_path or ''}")
+
+
+@models_app.command("layers")
+def models_layers(model_id: str) -> None:
+    """The layers of a registered model (or of an architecture name)."""
+    from precompute.architectures import architecture
+
+    from app.store import repository
+
+    with _session() as session:
+        row = repository.get_model(session, model_id)
+    spec = architecture(row.arch if row else model_id)
+    for layer in spec.layers:
+        shape = "x".join(map(str, layer.spatial)) if layer.spatial else "-"
+        typer.echo(f"{layer.name:32s} {layer.kind:7s} {layer.units:6d} units  spatial {shape}")
+
+
+@models_app.command("make-checkpoint")
+def models_make_checkpoint(
+    arch: Annotated[str, typer.Option(help="open_clip architecture name.")],
+    out: Annotated[Path, typer.Option(help="Where to write the .safetensors file.")],
+    seed: int = 0,
+) -> None:
+    """Save a random-initialised model of ARCH (seeded) as a checkpoint file."""
+    import open_clip
+    import torch
+
+    from precompute.architectures import architecture
+    from precompute.checkpoints import write_checkpoint
+
+    architecture(arch)  # a clear error for unknown names
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch, pretrained=None)
+    path = write_checkpoint(model, out, metadata={"random_init_seed": str(seed)})
+    typer.echo(f"wrote {path}")
+
+
+# --- capture --------------------------------------------------------------------------
+
+
+@app.command("capture")
+def capture_command(
+    model_id: Annotated[str, typer.Argument(help="A registered model id.")],
+    images: Annotated[Path, typer.Option(help="A folder of images (searched recursively).")],
+    layers: Annotated[list[str], typer.Option("--layer", help="Layer name; repeat for several.")],
+    out: Annotated[Path, typer.Option(help="Output .npz with each unit's per-image maxima.")],
+    batch_size: int = 64,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,
+) -> None:
+    """Capture each unit's maximum activation per image for the named layers."""
+    from workers.capture_job import capture_folder
+    from workers.models import load_registered
+
+    with _session() as session:
+        loaded = load_registered(session, model_id, device=_device(device))
+    result = capture_folder(loaded, images, layers, out, batch_size=batch_size)
+    typer.echo(json.dumps(result))
+
+
+# --- toy ------------------------------------------------------------------------------
+
+
+@toy_app.command("world")
+def toy_world(
+    out: Annotated[Path, typer.Option(help="Folder to write images/ and captions.jsonl into.")],
+    count: int = 10_000,
+    seed: int = 0,
+) -> None:
+    """Write COUNT images of the synthetic world (resumable)."""
+    from precompute.world import WorldConfig, write_dataset
+
+    if count < 1:
+        _fail("--count must be at least 1")
+    path = write_dataset(out, count, seed, WorldConfig())
+    typer.echo(f"wrote {count} images to {path}")
+
+
+@toy_app.command("train")
+def toy_train(
+    arch: Annotated[str, typer.Option(help="rn or vit.")],
+    seed: int = 0,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (default: the shipped recipe).")] = None,
+    train_images: Annotated[Optional[int], typer.Option(help="Size of the generated training set.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Checkpoint path (default: the package's).")] = None,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Where resumable training state goes.")] = None,
+) -> None:
+    """Train a toy CLIP model on the synthetic world, reproducibly (seeded), resumable."""
+    from tqdm import tqdm
+
+    from precompute.toy import TOY_ARCHITECTURES, embedded_checkpoint
+    from precompute.toy.train import TrainConfig, train
+
+    if arch not in TOY_ARCHITECTURES:
+        _fail(f"--arch must be one of {', '.join(TOY_ARCHITECTURES)}")
+    name = TOY_ARCHITECTURES[arch]
+    config = TrainConfig(arch=name, seed=seed)
+    for field, value in (("steps", steps), ("train_images", train_images), ("batch_size", batch_size)):
+        if value is not None:
+            if value < 1:
+                _fail(f"--{field.replace('_', '-')} must be at least 1")
+            setattr(config, field, value)
+    if config.train_images < config.batch_size:
+        _fail("--train-images must be at least --batch-size")
+    target = out or embedded_checkpoint(name)
+    state_dir = work_dir or get_settings().data_dir / "training"
+    data_bar = tqdm(total=config.train_images, desc=f"{name} data", unit="img")
+    step_bar = tqdm(total=config.steps, desc=f"{name} train", unit="step")
+
+    def on_data(n: int) -> None:
+        data_bar.update(n)
+
+    def on_step(step: int, loss: float) -> None:
+        step_bar.n = step
+        step_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        step_bar.refresh()
+
+    summary = train(config, target, state_dir, on_step=on_step, on_data=on_data)
+    data_bar.close()
+    step_bar.close()
+    typer.echo(json.dumps(summary))
+    typer.echo(f"wrote {target}")
+
+
+@toy_app.command("eval")
+def toy_eval(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object keyed by model id.")] = False,
+    arch: Annotated[list[str], typer.Option(help="rn and/or vit (default: both).")] = [],
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Evaluate this checkpoint instead (one --arch).")] = None,
+    seed: Annotated[int, typer.Option(help="World seed of the held-out images.")] = 1,
+) -> None:
+    """Zero-shot accuracy, typographic-attack success and multimodal units of the toy models."""
+    from precompute.registry import load_embedded, load_model
+    from precompute.toy import TOY_ARCHITECTURES
+    from precompute.toy.evaluate import EvalConfig, evaluate
+
+    chosen = arch or list(TOY_ARCHITECTURES)
+    unknown = [a for a in chosen if a not in TOY_ARCHITECTURES]
+    if unknown:
+        _fail(f"--arch must be among {', '.join(TOY_ARCHITECTURES)}")
+    if checkpoint and len(chosen) != 1:
+        _fail("--checkpoint needs exactly one --arch")
+    results = {}
+    for short in chosen:
+        name = TOY_ARCHITECTURES[short]
+        loaded = load_model(name, name, checkpoint=checkpoint) if checkpoint else load_embedded(name)
+        results[name] = evaluate(loaded, EvalConfig(seed=seed))
+    if as_json:
+        typer.echo(json.dumps(results))
+        return
+    typer.echo(f"{'model':10s} {'zero-shot':>10s} {'typo shape':>11s} {'typo colour':>12s} {'multimodal':>11s}")
+    for name, r in results.items():
+        typer.echo(f"{name:10s} {r['zero_shot_accuracy']:10.3f} {r['typographic_success_shape']:11.3f} "
+                   f"{r['typographic_success_color']:12.3f} {r['multimodal_colors']:>9d}/8")
+    for name, r in results.items():
+        typer.echo(f"\n{name} multimodal units ({r['layer']}):")
+        for color, unit in r["multimodal_units"].items():
+            mark = "yes" if unit["meets_bar"] else "no "
+            typer.echo(f"  {color:7s} {mark} unit {unit['unit']:4d}  purity {unit['image_purity']:.2f}  "
+                       f"word rank {unit['word_rank']:3d}  top words: {', '.join(unit['top_words'])}")
+
+
+# --- serve and demo -------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Interface to bind (default: settings).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: settings).")] = None,
+) -> None:
+    """Start the web server (FastAPI under uvicorn)."""
+    from app.server import run
+
+    updates = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    run(get_settings().model_copy(update=updates))
+
+
+@app.command("demo")
+def demo(
+    images: Annotated[int, typer.Option(help="Size of the generated synthetic dataset.")] = 10_000,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the result when done.")] = True,
+) -> None:
+    """Build everything for the embedded toy models on a generated dataset, then serve it."""
+    from workers.demo import build_demo
+
+    if images < 1:
+        _fail("--images must be at least 1")
+    for line in build_demo(get_settings(), images):
+        typer.echo(line)
+    if serve_after:
+        serve()
+
+
+def main() -> None:
+    try:
+        app()
+    except MicroscopeError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

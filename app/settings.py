@@ -1,0 +1,80 @@
+"""Runtime settings: `MICROSCOPE_` environment variables, then an optional settings file.
+
+The settings file is named by `MICROSCOPE_SETTINGS_FILE` (TOML or a dotenv file) so that a
+deployment can keep its configuration in one place and still override any key from the
+environment.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "clip-microscope"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MICROSCOPE_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="Folder for the default SQLite file and blobs.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite inside data_dir.")
+    blob_url: str = Field("", description="fsspec URL or folder for images; empty means data_dir/blobs.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @model_validator(mode="after")
+    def _fill_defaults_from_data_dir(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'microscope.db'}"
+        if not self.blob_url:
+            self.blob_url = str(self.data_dir / "blobs")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        settings_file = os.environ.get("MICROSCOPE_SETTINGS_FILE")
+        if settings_file:
+            path = Path(settings_file)
+            if not path.is_file():
+                raise ValueError(f"MICROSCOPE_SETTINGS_FILE points to {path}, which is not a file")
+            if path.suffix == ".toml":
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            else:
+                sources.append(DotEnvSettingsSource(settings_cls, env_file=path, env_prefix="MICROSCOPE_"))
+        return tuple(sources)
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

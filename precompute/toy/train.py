@@ -1,0 +1,195 @@
+"""Reproducible CPU-friendly training of the toy CLIP models on the synthetic world.
+
+The training set is generated once in memory from (seed, index), batches are drawn from a
+permutation seeded by (seed, epoch), and a resumable state file is written every few
+hundred steps, so an interrupted run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from precompute.checkpoints import META_CONFIG, META_VOCAB, write_checkpoint
+from precompute.toy import register_toy_configs
+from precompute.toy.tokenizer import WordTokenizer
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "toy-rn"
+    seed: int = 0
+    train_images: int = 80_000
+    steps: int = 1200
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    threads: int = 0  # 0: torch's default
+    state_every: int = 100
+
+
+def _generate_chunk(args: tuple[int, int, int]):
+    from precompute.world import WorldConfig, generate_batch
+
+    seed, start, count = args
+    pixels, captions, _metas = generate_batch(seed, start, count, WorldConfig())
+    return pixels, captions
+
+
+def generate_training_set(seed: int, count: int, processes: int = 2, chunk: int = 2000,
+                          progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Images (N, H, W, 3) uint8 and captions for indices [0, count) of the world `seed`."""
+    jobs = [(seed, start, min(chunk, count - start)) for start in range(0, count, chunk)]
+    pixels, captions = [], []
+    if processes > 1:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(processes) as pool:
+            for chunk_pixels, chunk_captions in pool.imap(_generate_chunk, jobs):
+                pixels.append(chunk_pixels)
+                captions.extend(chunk_captions)
+                if progress:
+                    progress(len(chunk_captions))
+    else:
+        for job in jobs:
+            chunk_pixels, chunk_captions = _generate_chunk(job)
+            pixels.append(chunk_pixels)
+            captions.extend(chunk_captions)
+            if progress:
+                progress(len(chunk_captions))
+    return np.concatenate(pixels), captions
+
+
+def make_tokenizer(arch: str) -> WordTokenizer:
+    from precompute.world import caption_vocabulary
+
+    register_toy_configs()
+    text_cfg = open_clip.get_model_config(arch)["text_cfg"]
+    return WordTokenizer(caption_vocabulary(), text_cfg["vocab_size"], text_cfg["context_length"])
+
+
+def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) with the model's mean and std."""
+    images = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+    return (images - mean) / std
+
+
+def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                     caption_ids: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE, where identical captions in a batch count as positives.
+
+    A small world repeats captions ("a red circle") within a batch; treating those pairs
+    as negatives would push apart embeddings that should coincide.
+    """
+    logits = logit_scale * image_features @ text_features.t()
+    same = (caption_ids[:, None] == caption_ids[None, :]).float()
+    targets = same / same.sum(dim=1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+def _learning_rate(config: TrainConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * config.learning_rate * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _batch_indices(config: TrainConfig, step: int, count: int) -> np.ndarray:
+    per_epoch = count // config.batch_size
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([config.seed, epoch]).permutation(count)
+    return order[position * config.batch_size:(position + 1) * config.batch_size]
+
+
+def train(config: TrainConfig, out_path: Path, work_dir: Path,
+          on_step: Callable[[int, float], None] | None = None,
+          on_data: Callable[[int], None] | None = None) -> dict:
+    """Train `config.arch`, write the checkpoint to `out_path`, and return a summary."""
+    register_toy_configs()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_tokenizer(config.arch)
+
+    started = time.time()
+    pixels_np, captions = generate_training_set(config.seed, config.train_images, progress=on_data)
+    pixels = torch.from_numpy(pixels_np)
+    tokens = tokenizer(captions)
+    _, caption_ids = torch.unique(tokens, dim=0, return_inverse=True)
+    data_seconds = time.time() - started
+
+    torch.manual_seed(config.seed)
+    model = open_clip.create_model(config.arch, pretrained=None)
+    model.train()
+    mean = torch.tensor(model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate, betas=(0.9, 0.98), eps=1e-6,
+    )
+
+    state_path = work_dir / f"{config.arch}-seed{config.seed}.state.pt"
+    step = 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("config") == asdict(config):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step = int(state["step"])
+
+    losses: list[float] = []
+    train_started = time.time()
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(config, step)
+        index = torch.from_numpy(_batch_indices(config, step, len(captions)))
+        images = normalise_pixels(pixels[index], mean, std)
+        image_features, text_features, logit_scale = model(images, tokens[index])[:3]
+        loss = contrastive_loss(image_features, text_features, logit_scale, caption_ids[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        losses.append(loss.item())
+        if on_step:
+            on_step(step, loss.item())
+        if step % config.state_every == 0 or step == config.steps:
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"config": asdict(config), "step": step, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict()}, tmp)
+            tmp.replace(state_path)
+
+    model.eval()
+    summary = {
+        "arch": config.arch,
+        "config": asdict(config),
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(time.time() - train_started, 1),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+    }
+    write_checkpoint(
+        model,
+        out_path,
+        metadata={
+            META_CONFIG: open_clip.get_model_config(config.arch),
+            META_VOCAB: tokenizer.vocabulary,
+            "training": summary,
+        },
+    )
+    return summary

@@ -1,0 +1,41 @@
+"""Registering models in the store and loading registered models back for jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from precompute.errors import MicroscopeError
+from precompute.registry import LoadedModel, load_embedded, load_model
+
+
+def register(session: Session, loaded: LoadedModel, description: str = "") -> None:
+    from app.store import repository
+
+    record = loaded.record() | {"description": description}
+    repository.upsert_model(session, record, loaded.layer_records())
+    session.commit()
+
+
+def load_registered(session: Session, model_id: str, device: str = "cpu") -> LoadedModel:
+    """Load a model the way it was registered (same architecture and same weights)."""
+    from app.store import repository
+
+    row = repository.get_model(session, model_id)
+    if row is None:
+        known = ", ".join(m.id for m in repository.list_models(session)) or "none"
+        raise MicroscopeError(f"model '{model_id}' is not registered (registered: {known})")
+    if row.source == "embedded":
+        return load_embedded(row.arch, model_id=row.id, device=device)
+    if row.source == "pretrained":
+        return load_model(row.id, row.arch, pretrained=row.pretrained_tag, device=device)
+    if row.checkpoint_path:
+        if not Path(row.checkpoint_path).is_file():
+            raise MicroscopeError(f"model '{model_id}' was registered from {row.checkpoint_path}, which is gone")
+        from precompute.checkpoints import sha256_of
+
+        if row.checkpoint_sha256 and sha256_of(Path(row.checkpoint_path)) != row.checkpoint_sha256:
+            raise MicroscopeError(f"{row.checkpoint_path} changed since model '{model_id}' was registered; register it again")
+        return load_model(row.id, row.arch, checkpoint=row.checkpoint_path, device=device)
+    return load_model(row.id, row.arch, device=device)
