@@ -1,0 +1,58 @@
+"""Health check and blob serving: the routes that are about the server, not the models."""
+
+from __future__ import annotations
+
+import mimetypes
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fsspec.implementations.local import LocalFileSystem
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from alembic.runtime.migration import MigrationContext
+from app.routes.schemas import Health
+from app.store.blobs import BLOB_NAME, BlobStore
+from app.store.session import get_session
+
+router = APIRouter(tags=["system"])
+
+# Blob names are content hashes: the bytes behind a name can never change.
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+@router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+def healthz(request: Request, session: Session = Depends(get_session)) -> JSONResponse:
+    """Round-trips to the database and checks its schema is at the shipped migration head,
+    so a container orchestrator holds traffic (and the worker) until `db upgrade` has run."""
+    expected = request.app.state.schema_head
+    try:
+        session.execute(text("SELECT 1")).scalar_one()
+        revision = MigrationContext.configure(session.connection()).get_current_revision()
+    except SQLAlchemyError as exc:
+        body = Health(status="error", database=f"unreachable: {type(exc).__name__}", schema_revision=None, expected_revision=expected)
+        return JSONResponse(body.model_dump(), status_code=503)
+    ok = revision == expected
+    body = Health(
+        status="ok" if ok else "error",
+        database="ok" if ok else "schema not current; run `microscope db upgrade`",
+        schema_revision=revision,
+        expected_revision=expected,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get("/blobs/{name}", include_in_schema=False)
+def blob(name: str, request: Request) -> Response:
+    if not BLOB_NAME.match(name):
+        raise HTTPException(404, "not a blob name")
+    store: BlobStore = request.app.state.blobs
+    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    headers = {"Cache-Control": IMMUTABLE, "ETag": f'"{name.split(".", 1)[0]}"'}
+    path = store.path_for(name)
+    if not store.fs.exists(path):
+        raise HTTPException(404, "no such blob")
+    if isinstance(store.fs, LocalFileSystem):
+        return FileResponse(path, media_type=media_type, headers=headers)
+    return Response(store.fs.cat_file(path), media_type=media_type, headers=headers)

@@ -1,0 +1,221 @@
+"""Tables of the store, as SQLAlchemy 2 typed declarative classes.
+
+The schema itself only changes through Alembic migrations (alembic/versions/); these classes
+are what the code reads and writes, and what `alembic revision --autogenerate` compares
+against. Every type is portable (JSON, not JSONB; strings checked by CHECK constraints, not
+native enums) so that one code path serves SQLite on a laptop and Postgres in deployment.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Explicit constraint names: without them Postgres invents names and SQLite keeps none, so a
+# later migration that drops or alters a constraint could not name it on both backends.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+MODEL_SOURCES = ("pretrained", "checkpoint", "embedded", "random")
+JOB_STATES = ("pending", "running", "done", "failed")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend.
+
+    SQLite has no timezone support and hands back naive datetimes, Postgres hands back aware
+    ones; comparing the two (e.g. "is this running job stale?") would raise. Storing UTC and
+    re-attaching the zone on the way out makes both backends behave alike.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use datetime.now(timezone.utc)")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Model(Base):
+    """A registered vision tower, addressed by a slug the user chose (`rn50x4-openai`)."""
+
+    __tablename__ = "models"
+    __table_args__ = (CheckConstraint(_in("source", MODEL_SOURCES), name="source"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arch: Mapped[str] = mapped_column(String(128))  # open_clip model name
+    source: Mapped[str] = mapped_column(String(16))
+    pretrained_tag: Mapped[str | None] = mapped_column(String(128))
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    checkpoint_path: Mapped[str | None] = mapped_column(Text)
+    image_size: Mapped[int] = mapped_column(Integer)
+    # mean, std, interpolation, resize_mode: what is needed to reproduce the model's input.
+    preprocess: Mapped[dict[str, Any]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    layers: Mapped[list[Layer]] = relationship(
+        back_populates="model",
+        order_by="Layer.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
+class Layer(Base):
+    __tablename__ = "layers"
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    # PyTorch module path with the leading `visual.` dropped: `layer4`, `transformer.resblocks.9.mlp`.
+    name: Mapped[str] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(64))
+    units: Mapped[int] = mapped_column(Integer)
+    spatial_h: Mapped[int | None] = mapped_column(Integer)
+    spatial_w: Mapped[int | None] = mapped_column(Integer)
+    has_class_token: Mapped[bool] = mapped_column(Boolean, default=False)
+    position: Mapped[int] = mapped_column(Integer)  # order of the layer in the forward pass
+
+    model: Mapped[Model] = relationship(back_populates="layers")
+
+    @property
+    def spatial(self) -> tuple[int, int] | None:
+        if self.spatial_h is None or self.spatial_w is None:
+            return None
+        return (self.spatial_h, self.spatial_w)
+
+
+class Unit(Base):
+    """One neuron or channel. Rows exist for every unit so later tables can reference them."""
+
+    __tablename__ = "units"
+    __table_args__ = (UniqueConstraint("layer_id", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(Text)
+    mean: Mapped[float | None] = mapped_column(Float)
+    std: Mapped[float | None] = mapped_column(Float)
+    min: Mapped[float | None] = mapped_column(Float)
+    max: Mapped[float | None] = mapped_column(Float)
+    fraction_active: Mapped[float | None] = mapped_column(Float)
+    histogram: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    source_uri: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(64))
+    image_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class StoredImage(Base):
+    """An image known by its content hash; the bytes live in the blob store.
+
+    Not called `Image` so that it never shadows PIL's Image in the compute code.
+    """
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    blob_uri: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+
+
+class DatasetImage(Base):
+    """Membership of an image in a dataset, at a stable position (the example index)."""
+
+    __tablename__ = "dataset_images"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "position"),
+        Index(None, "image_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"))
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class Job(Base):
+    """One resumable unit of precompute work: kind x model x layer x dataset x shard.
+
+    `layer` and `dataset_id` are NULL for jobs that span the whole model or need no dataset.
+    SQL treats NULLs as distinct in unique constraints, so the repository looks jobs up with
+    IS NULL before inserting rather than relying on ON CONFLICT for those.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("kind", "model_id", "layer", "dataset_id", "shard"),
+        CheckConstraint(_in("state", JOB_STATES), name="state"),
+        Index(None, "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    layer: Mapped[str | None] = mapped_column(String(256))
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    shard: Mapped[int] = mapped_column(Integer, default=0)
+    shard_count: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    done_items: Mapped[int] = mapped_column(Integer, default=0)
+    total_items: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

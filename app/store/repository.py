@@ -1,0 +1,314 @@
+"""Reads and idempotent writes on the store.
+
+Writes key on natural keys (model slug, (model, layer name), (layer, unit index), job
+coordinates) and upsert, so re-running a registration or a job never duplicates rows. The
+functions flush but never commit: the caller owns the transaction (see
+app.store.session.session_scope), so a job can commit a batch of results atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, and_, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload
+
+from app.store.models import MODEL_SOURCES, Job, Layer, Model, Unit, utcnow
+
+MODEL_FIELDS = frozenset(c.name for c in Model.__table__.columns)
+LAYER_FIELDS = frozenset({"name", "kind", "units", "spatial", "has_class_token", "position"})
+_REQUIRED_MODEL_FIELDS = frozenset({"id", "arch", "source", "image_size", "preprocess"})
+
+
+# -- generic upsert ---------------------------------------------------------------------------
+def _upsert(
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    update_columns: Iterable[str] | None = None,
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE/NOTHING, for many rows in one executemany.
+
+    `update_columns=None` updates every non-key column present in the rows; an empty list
+    means DO NOTHING (keep what is there, e.g. unit statistics computed by an earlier run).
+    SQLite and Postgres share the ON CONFLICT syntax; other backends fall back to a
+    select-then-write loop, which is correct but slow and not safe against concurrent writers.
+    """
+    if not rows:
+        return
+    columns = list(rows[0])
+    if update_columns is None:
+        update_columns = [c for c in columns if c not in keys]
+    update_columns = list(update_columns)
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        stmt = insert(table)
+        if update_columns:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={c: stmt.excluded[c] for c in update_columns},
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+        session.execute(stmt, list(rows))
+        return
+    for row in rows:
+        where = and_(*(table.c[k] == row[k] for k in keys))
+        if session.execute(select(func.count()).select_from(table).where(where)).scalar_one():
+            if update_columns:
+                session.execute(update(table).where(where).values({c: row[c] for c in update_columns}))
+        else:
+            session.execute(table.insert().values(row))
+
+
+# -- models, layers, units --------------------------------------------------------------------
+def _model_row(record: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(record) - MODEL_FIELDS
+    if unknown:
+        raise ValueError(f"unknown model fields: {sorted(unknown)}")
+    missing = _REQUIRED_MODEL_FIELDS - set(record)
+    if missing:
+        raise ValueError(f"model record lacks: {sorted(missing)}")
+    if record["source"] not in MODEL_SOURCES:
+        raise ValueError(f"source must be one of {MODEL_SOURCES}, got {record['source']!r}")
+    row = {
+        "pretrained_tag": None,
+        "checkpoint_sha256": None,
+        "checkpoint_path": None,
+        "description": "",
+        **record,
+    }
+    row.setdefault("created_at", utcnow())
+    return row
+
+
+def _layer_row(model_id: str, layer: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(layer) - LAYER_FIELDS
+    missing = LAYER_FIELDS - {"spatial", "has_class_token"} - set(layer)
+    if unknown or missing:
+        raise ValueError(f"layer {layer.get('name')!r}: unknown {sorted(unknown)}, missing {sorted(missing)}")
+    spatial = layer.get("spatial")
+    if spatial is not None:
+        h, w = (int(v) for v in spatial)
+    else:
+        h = w = None
+    return {
+        "model_id": model_id,
+        "name": layer["name"],
+        "kind": layer["kind"],
+        "units": int(layer["units"]),
+        "spatial_h": h,
+        "spatial_w": w,
+        "has_class_token": bool(layer.get("has_class_token", False)),
+        "position": int(layer["position"]),
+    }
+
+
+def upsert_model(session: Session, record: dict[str, Any], layers: list[dict[str, Any]]) -> Model:
+    """Register or refresh a model with its full list of layers and one unit row per unit.
+
+    `record` has the columns of `models` (id, arch, source, image_size, preprocess required).
+    Each layer has name, kind, units, spatial ((h, w) or None), has_class_token, position.
+    `layers` is the complete list: layers no longer in it are deleted with everything hanging
+    off them, and units beyond a layer's new count likewise, so the store mirrors the model.
+    Existing units keep their statistics and labels. `created_at` of an existing model is kept.
+    """
+    row = _model_row(record)
+    model_id = row["id"]
+    _upsert(session, Model.__table__, [row], ["id"], [c for c in row if c not in ("id", "created_at")])
+
+    names = [layer["name"] for layer in layers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate layer names for model {model_id!r}")
+    session.execute(delete(Layer).where(Layer.model_id == model_id, Layer.name.not_in(names)))
+    _upsert(session, Layer.__table__, [_layer_row(model_id, layer) for layer in layers], ["model_id", "name"])
+
+    layer_ids = dict(session.execute(select(Layer.name, Layer.id).where(Layer.model_id == model_id)).all())
+    units_table = Unit.__table__
+    for layer in layers:
+        layer_id, count = layer_ids[layer["name"]], int(layer["units"])
+        session.execute(delete(Unit).where(Unit.layer_id == layer_id, Unit.index >= count))
+        have = session.execute(
+            select(func.count()).select_from(Unit).where(Unit.layer_id == layer_id)
+        ).scalar_one()
+        if have == count:
+            continue  # indices are unique and < count, so the layer is already complete
+        rows = [{"layer_id": layer_id, "index": i} for i in range(count)]
+        _upsert(session, units_table, rows, ["layer_id", "index"], update_columns=[])
+
+    session.flush()
+    # Core statements bypass the identity map; reload so the caller sees what is stored.
+    model = session.execute(
+        select(Model)
+        .where(Model.id == model_id)
+        .options(selectinload(Model.layers))
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    return model
+
+
+def list_models(session: Session) -> list[Model]:
+    stmt = select(Model).options(selectinload(Model.layers)).order_by(Model.id)
+    return list(session.execute(stmt).scalars())
+
+
+def get_model(session: Session, model_id: str) -> Model | None:
+    stmt = select(Model).where(Model.id == model_id).options(selectinload(Model.layers))
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def list_layers(session: Session, model_id: str) -> list[Layer]:
+    stmt = select(Layer).where(Layer.model_id == model_id).order_by(Layer.position, Layer.name)
+    return list(session.execute(stmt).scalars())
+
+
+def get_layer(session: Session, model_id: str, name: str) -> Layer | None:
+    stmt = select(Layer).where(Layer.model_id == model_id, Layer.name == name)
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def count_units(session: Session, model_id: str) -> int:
+    """Unit rows actually stored for a model (layers.units says how many there should be)."""
+    stmt = select(func.count(Unit.id)).join(Layer, Unit.layer_id == Layer.id).where(Layer.model_id == model_id)
+    return session.execute(stmt).scalar_one()
+
+
+# -- jobs -------------------------------------------------------------------------------------
+def _is(column: Any, value: Any) -> ColumnElement[bool]:
+    # NULL = NULL is not true in SQL; job coordinates use NULL for "whole model" / "no dataset".
+    return column.is_(None) if value is None else column == value
+
+
+def ensure_job(
+    session: Session,
+    kind: str,
+    model_id: str,
+    *,
+    layer: str | None = None,
+    dataset_id: str | None = None,
+    shard: int = 0,
+    shard_count: int = 1,
+    total_items: int = 0,
+) -> Job:
+    """The job at these coordinates, created pending if it does not exist yet.
+
+    An existing job is returned as it is (done jobs stay done), which is what makes planning
+    the same work twice harmless.
+    """
+    stmt = select(Job).where(
+        Job.kind == kind,
+        Job.model_id == model_id,
+        _is(Job.layer, layer),
+        _is(Job.dataset_id, dataset_id),
+        Job.shard == shard,
+    )
+    job = session.execute(stmt).scalar_one_or_none()
+    if job is None:
+        job = Job(
+            kind=kind,
+            model_id=model_id,
+            layer=layer,
+            dataset_id=dataset_id,
+            shard=shard,
+            shard_count=shard_count,
+            total_items=total_items,
+            state="pending",
+        )
+        session.add(job)
+        session.flush()
+    return job
+
+
+def claim_job(
+    session: Session,
+    *,
+    job_id: int | None = None,
+    kind: str | None = None,
+    model_id: str | None = None,
+    stale_after: timedelta | None = None,
+) -> Job | None:
+    """Atomically move one pending job to running and return it (None if nothing to claim).
+
+    Also claims `running` jobs whose last update is older than `stale_after`: their worker
+    died, and jobs are resumable, so another worker may pick them up. The claim is a
+    compare-and-set UPDATE guarded by the state seen at selection time, so two workers never
+    both win the same job, on SQLite or Postgres, without row locks.
+    """
+    for _ in range(20):
+        claimable = Job.state == "pending"
+        if stale_after is not None:
+            claimable = claimable | and_(Job.state == "running", Job.updated_at < utcnow() - stale_after)
+        stmt = select(Job.id, Job.state, Job.updated_at).where(claimable)
+        if job_id is not None:
+            stmt = stmt.where(Job.id == job_id)
+        if kind is not None:
+            stmt = stmt.where(Job.kind == kind)
+        if model_id is not None:
+            stmt = stmt.where(Job.model_id == model_id)
+        candidate = session.execute(stmt.order_by(Job.created_at, Job.id).limit(1)).first()
+        if candidate is None:
+            return None
+        now = utcnow()
+        result = session.execute(
+            update(Job)
+            .where(Job.id == candidate.id, Job.state == candidate.state, Job.updated_at == candidate.updated_at)
+            .values(state="running", started_at=func.coalesce(Job.started_at, now), updated_at=now, error=None)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            session.flush()
+            return session.get(Job, candidate.id, populate_existing=True)
+    return None
+
+
+def update_job_progress(
+    session: Session, job_id: int, done_items: int, total_items: int | None = None
+) -> None:
+    """Record how far a running job got; also its heartbeat (updated_at) for stale detection."""
+    if total_items is None:
+        total_items = session.execute(select(Job.total_items).where(Job.id == job_id)).scalar_one()
+    progress = min(1.0, done_items / total_items) if total_items > 0 else 0.0
+    values = {"done_items": done_items, "total_items": total_items, "progress": progress, "updated_at": utcnow()}
+    session.execute(update(Job).where(Job.id == job_id).values(values).execution_options(synchronize_session=False))
+    session.expire_all()
+
+
+def finish_job(session: Session, job_id: int, error: str | None = None) -> None:
+    """Mark a job done (progress 1) or failed (keeping how far it got, so it can resume)."""
+    now = utcnow()
+    values: dict[str, Any] = {"finished_at": now, "updated_at": now, "error": error}
+    if error is None:
+        values.update(state="done", progress=1.0)
+    else:
+        values.update(state="failed")
+    session.execute(update(Job).where(Job.id == job_id).values(values).execution_options(synchronize_session=False))
+    session.expire_all()
+
+
+def reset_job(session: Session, job_id: int) -> None:
+    """Put a failed (or any) job back to pending; its recorded progress tells it where to resume."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(state="pending", error=None, finished_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.expire_all()
+
+
+def list_jobs(session: Session, *, model_id: str | None = None, state: str | None = None) -> list[Job]:
+    stmt = select(Job).order_by(Job.created_at, Job.id)
+    if model_id is not None:
+        stmt = stmt.where(Job.model_id == model_id)
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    return list(session.execute(stmt).scalars())
+
+
+def job_age(job: Job, now: datetime | None = None) -> timedelta:
+    return (now or utcnow()) - job.updated_at

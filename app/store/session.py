@@ -1,0 +1,90 @@
+"""Engines and sessions for SQLite (the single-box default) and Postgres (shared deployments)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
+
+
+def sqlite_file(url: str | URL) -> Path | None:
+    """The database file behind a SQLite URL, or None for in-memory / URI-style databases."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        return None
+    database = u.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine configured for how this project uses each backend.
+
+    SQLite: the data folder may not exist yet on a fresh install, so create it; SQLite leaves
+    foreign keys off unless asked per connection, and without them ON DELETE CASCADE silently
+    does nothing; WAL lets the web server read while a precompute job writes.
+    Postgres: pool_pre_ping because a long-lived server outlives database restarts.
+    """
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        path = sqlite_file(u)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        # The web server hands pooled connections to worker threads.
+        connect_args.setdefault("check_same_thread", False)
+        engine = create_engine(u, connect_args=connect_args, **kwargs)
+        on_disk = path is not None
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute("PRAGMA foreign_keys=ON")
+                if on_disk:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                    # Concurrent writers (web + job) wait for each other instead of failing at once.
+                    cursor.execute("PRAGMA busy_timeout=30000")
+            finally:
+                cursor.close()
+
+        return engine
+
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(u, **kwargs)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: pages build plain dicts from ORM objects after the commit.
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session] | Engine) -> Iterator[Session]:
+    """A unit of work for scripts and jobs: commit on success, roll back on error."""
+    if isinstance(factory, Engine):
+        factory = make_sessionmaker(factory)
+    with factory() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """FastAPI dependency: one session per request, from the engine `create_app` put in app.state.
+
+    Read-only handlers need no commit; handlers that write call `session.commit()` themselves
+    so a failed request never half-commits.
+    """
+    with request.app.state.sessionmaker() as session:
+        yield session
