@@ -146,6 +146,9 @@ class Unit(Base):
     max: Mapped[float | None] = mapped_column(Float)
     fraction_active: Mapped[float | None] = mapped_column(Float)
     histogram: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The unit's second-order direction in the joint embedding space (a float32 .npy blob),
+    # kept for live use: decompositions against new text, probes.
+    direction_uri: Mapped[str | None] = mapped_column(Text)
 
 
 class Dataset(Base):
@@ -215,7 +218,189 @@ class Job(Base):
     done_items: Mapped[int] = mapped_column(Integer, default=0)
     total_items: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Resumption: how many items of the shard are durably accounted for, and the blob holding
+    # the job's accumulator state (top-k heaps, running statistics) at that cursor.
+    cursor: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    state_uri: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+SIGNS = ("top", "bottom")
+ANNOTATION_KINDS = ("label", "note")
+
+
+class DatasetExample(Base):
+    """One of a unit's top (most exciting) or bottom (most inhibiting) images in a dataset."""
+
+    __tablename__ = "dataset_examples"
+    __table_args__ = (
+        UniqueConstraint("unit_id", "dataset_id", "sign", "rank"),
+        CheckConstraint(_in("sign", SIGNS), name="sign"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    sign: Mapped[str] = mapped_column(String(8))
+    rank: Mapped[int] = mapped_column(Integer)  # 0 = most extreme
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"))
+    activation: Mapped[float] = mapped_column(Float)
+    # Flat index of the spatial argmax in the layer's (h, w) grid; NULL for pooled layers.
+    position: Mapped[int | None] = mapped_column(Integer)
+    crop_uri: Mapped[str | None] = mapped_column(Text)  # the input region around the maximum
+
+
+class BucketSample(Base):
+    """Images sampled per activation bucket, for the conditional-probability strip."""
+
+    __tablename__ = "bucket_samples"
+    __table_args__ = (UniqueConstraint("unit_id", "dataset_id", "bucket", "slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    bucket: Mapped[int] = mapped_column(Integer)
+    slot: Mapped[int] = mapped_column(Integer)
+    low: Mapped[float] = mapped_column(Float)  # the bucket's activation range
+    high: Mapped[float] = mapped_column(Float)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="RESTRICT"))
+    activation: Mapped[float] = mapped_column(Float)
+
+
+class WordList(Base):
+    """A list of words rastered as images (e.g. the 10,000 most common English words)."""
+
+    __tablename__ = "word_lists"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)  # e.g. "wordfreq:en:10000" or a file path
+    words: Mapped[list[str]] = mapped_column(JSON)
+    font: Mapped[str] = mapped_column(Text)
+    font_size: Mapped[int | None] = mapped_column(Integer)
+    image_size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WordActivation(Base):
+    """A unit's top words when rastered as images."""
+
+    __tablename__ = "word_activations"
+    __table_args__ = (UniqueConstraint("unit_id", "word_list_id", "rank"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    word_list_id: Mapped[str] = mapped_column(ForeignKey("word_lists.id", ondelete="CASCADE"))
+    rank: Mapped[int] = mapped_column(Integer)
+    word: Mapped[str] = mapped_column(Text)
+    activation: Mapped[float] = mapped_column(Float)
+
+
+class WordEmbedding(Base):
+    """Image-based word embeddings of one layer: each word's activation vector minus the mean
+    over all words, as a (words x units) float32 .npy blob in the word list's order."""
+
+    __tablename__ = "word_embeddings"
+    __table_args__ = (UniqueConstraint("layer_id", "word_list_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id", ondelete="CASCADE"))
+    word_list_id: Mapped[str] = mapped_column(ForeignKey("word_lists.id", ondelete="CASCADE"))
+    vectors_uri: Mapped[str] = mapped_column(Text)
+    mean_uri: Mapped[str] = mapped_column(Text)
+
+
+class FeatureViz(Base):
+    """A feature visualization image of a unit: plain, a diversity member, or a facet."""
+
+    __tablename__ = "featureviz"
+    __table_args__ = (UniqueConstraint("unit_id", "kind", "variant"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))  # "channel" | "neuron" | "diversity" | "facet"
+    variant: Mapped[str] = mapped_column(String(64), default="")  # diversity index or facet name
+    blob_uri: Mapped[str] = mapped_column(Text)
+    final_activation: Mapped[float | None] = mapped_column(Float)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TextPool(Base):
+    """A pool of texts that sparse decompositions draw from."""
+
+    __tablename__ = "text_pools"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    texts: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Decomposition(Base):
+    """One term of a unit's sparse text decomposition (second-order lens)."""
+
+    __tablename__ = "decompositions"
+    __table_args__ = (UniqueConstraint("unit_id", "pool_id", "rank"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    pool_id: Mapped[str] = mapped_column(ForeignKey("text_pools.id", ondelete="CASCADE"))
+    rank: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    coefficient: Mapped[float] = mapped_column(Float)
+
+
+class Annotation(Base):
+    """A label or note on a unit, by whoever held the API token."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (CheckConstraint(_in("kind", ANNOTATION_KINDS), name="kind"), Index(None, "unit_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Collection(Base):
+    """A named list of units (a neuron family), with a shareable page."""
+
+    __tablename__ = "collections"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class CollectionUnit(Base):
+    __tablename__ = "collection_units"
+    __table_args__ = (UniqueConstraint("collection_id", "unit_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[str] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class ApiToken(Base):
+    """A write token. Only its SHA-256 is stored; the token itself is shown once at creation."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))  # who holds it; recorded as the author
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell tokens apart
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
