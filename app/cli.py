@@ -28,6 +28,10 @@ toy_app = typer.Typer(help="The embedded synthetic world and toy CLIP models.", 
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(toy_app, name="toy")
+datasets_app = typer.Typer(help="Register image datasets (folders, URLs, tar shards, the synthetic world).", no_args_is_help=True)
+precompute_app = typer.Typer(help="Precompute dataset examples, statistics and rastered words (resumable jobs).", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(precompute_app, name="precompute")
 
 
 def _fail(message: str) -> None:
@@ -226,12 +230,12 @@ def toy_train(
     from tqdm import tqdm
 
     from precompute.toy import TOY_ARCHITECTURES, embedded_checkpoint
-    from precompute.toy.train import TrainConfig, train
+    from precompute.toy.train import recipe, train
 
     if arch not in TOY_ARCHITECTURES:
         _fail(f"--arch must be one of {', '.join(TOY_ARCHITECTURES)}")
     name = TOY_ARCHITECTURES[arch]
-    config = TrainConfig(arch=name, seed=seed)
+    config = recipe(name, seed)
     for field, value in (("steps", steps), ("train_images", train_images), ("batch_size", batch_size)):
         if value is not None:
             if value < 1:
@@ -326,6 +330,134 @@ def demo(
         typer.echo(line)
     if serve_after:
         serve()
+
+
+# --- datasets -------------------------------------------------------------------------
+
+
+@datasets_app.command("register")
+def datasets_register(
+    dataset_id: Annotated[str, typer.Argument(help="Your id for the dataset, e.g. imagenet-val.")],
+    path: Annotated[Optional[Path], typer.Option(help="A local folder, searched recursively (JPEG, PNG, WebP).")] = None,
+    url: Annotated[Optional[str], typer.Option(help="An fsspec URL of a folder, e.g. s3://bucket/images/.")] = None,
+    tar: Annotated[Optional[str], typer.Option(help="Tar shards: a path or glob, local or fsspec, e.g. 'shards/*.tar'.")] = None,
+    synthetic: Annotated[Optional[int], typer.Option(help="Generate this many images of the synthetic world.")] = None,
+    seed: Annotated[int, typer.Option(help="World seed for --synthetic.")] = 0,
+) -> None:
+    """Read, check and store every image of a source as a dataset (idempotent, resumable)."""
+    from app.store.blobs import BlobStore
+    from workers.datasets import DatasetSource, register_dataset
+
+    given = [(kind, value) for kind, value in (("folder", path), ("url", url), ("tar", tar), ("synthetic", synthetic))
+             if value is not None]
+    if len(given) != 1:
+        _fail("give exactly one of --path, --url, --tar or --synthetic")
+    kind, value = given[0]
+    if kind == "synthetic":
+        source = DatasetSource("synthetic", "", count=int(value), seed=seed)
+    else:
+        source = DatasetSource(kind, str(value))
+    settings = get_settings()
+    from tqdm import tqdm
+
+    from app.store.session import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.database_url)
+    bar = tqdm(desc=f"register {dataset_id}", unit="img", total=source.count or None)
+    try:
+        report = register_dataset(make_sessionmaker(engine), BlobStore(settings.blob_url), dataset_id, source,
+                                  on_image=lambda: bar.update(1))
+    finally:
+        bar.close()
+        engine.dispose()
+    for name, reason in report.skipped[:20]:
+        typer.echo(f"skipped {name}: {reason}", err=True)
+    if len(report.skipped) > 20:
+        typer.echo(f"... and {len(report.skipped) - 20} more unreadable images", err=True)
+    typer.echo(report.summary())
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """The registered datasets."""
+    from app.store import repository
+
+    with _session() as session:
+        for row in repository.list_datasets(session):
+            typer.echo(f"{row.id:24s} {row.kind:10s} {row.image_count:8d} images  {row.source_uri}")
+
+
+# --- precompute -----------------------------------------------------------------------
+
+
+@precompute_app.command("examples")
+def precompute_examples(
+    model: Annotated[str, typer.Option(help="A registered model id.")],
+    layers: Annotated[list[str], typer.Option("--layer", help="Layer name; repeat for several (one pass serves all).")],
+    dataset: Annotated[str, typer.Option(help="A registered dataset id.")],
+    k: Annotated[int, typer.Option(help="Top-k and bottom-k images per unit.")] = 64,
+    buckets: Annotated[int, typer.Option(help="Activation buckets for the conditional-probability samples.")] = 10,
+    per_bucket: Annotated[int, typer.Option(help="Images sampled per bucket.")] = 8,
+    hist_bins: Annotated[int, typer.Option(help="Histogram bins (fixed before the pass).")] = 128,
+    shards: Annotated[int, typer.Option(help="Contiguous dataset shards (jobs) per layer.")] = 1,
+    engine: Annotated[str, typer.Option(help="local (in this process) or ray (shards as Ray tasks).")] = "local",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    checkpoint_every: Annotated[int, typer.Option(help="Batches between checkpoints (at most).")] = 50,
+    checkpoint_seconds: Annotated[float, typer.Option(help="Seconds between checkpoints (at most).")] = 60.0,
+    crop_size: Annotated[int, typer.Option(help="Side in pixels of the stored crops around each maximum.")] = 128,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $MICROSCOPE_RAY_ADDRESS, $RAY_ADDRESS or a local Ray).")] = None,
+    restart: Annotated[bool, typer.Option(help="Discard earlier progress of these layers and recompute.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Dataset examples (top/bottom k with crops), statistics and bucket samples of every unit."""
+    from workers.engines import StoreConfig
+    from workers.examples_job import request_from_options, run_examples
+
+    request = request_from_options(
+        model_id=model, dataset_id=dataset, layers=tuple(layers), k=k, buckets=buckets, per_bucket=per_bucket,
+        hist_bins=hist_bins, shards=shards, engine=engine, batch_size=batch_size, checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds, crop_size=crop_size, ray_address=ray_address, restart=restart,
+        device=_device(device),
+    )
+    summary = run_examples(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
+    typer.echo(json.dumps(summary))
+
+
+@precompute_app.command("words")
+def precompute_words(
+    model: Annotated[str, typer.Option(help="A registered model id.")],
+    layers: Annotated[list[str], typer.Option("--layer", help="Layer name; repeat for several (one pass serves all).")],
+    words: Annotated[int, typer.Option(help="How many of the most common English words (wordfreq).")] = 10_000,
+    word_file: Annotated[Optional[Path], typer.Option(help="A custom list instead: one word per line.")] = None,
+    font: Annotated[Optional[str], typer.Option(help="Font file name or path (default DejaVuSans-Bold.ttf).")] = None,
+    font_size: Annotated[Optional[int], typer.Option(help="Font size in pixels (default: fit the image).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Raster size (default: the model's input size).")] = None,
+    top: Annotated[int, typer.Option(help="Top words stored per unit.")] = 32,
+    list_id: Annotated[Optional[str], typer.Option(help="Id of the word list (default: from source, font and size).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Words per forward pass.")] = 64,
+    checkpoint_every: Annotated[int, typer.Option(help="Batches between checkpoints (at most).")] = 20,
+    checkpoint_seconds: Annotated[float, typer.Option(help="Seconds between checkpoints (at most).")] = 60.0,
+    restart: Annotated[bool, typer.Option(help="Discard earlier progress of these layers and recompute.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Each unit's top rastered words and each layer's image-based word embedding."""
+    from precompute.words import common_words, read_word_file
+    from workers.engines import StoreConfig
+    from workers.words_job import WordsRequest, run_words
+
+    if word_file is not None:
+        chosen, source = read_word_file(word_file), str(word_file.expanduser().resolve())
+    else:
+        chosen, source = common_words(words), f"wordfreq:en:{words}"
+    request = WordsRequest(
+        model_id=model, layers=tuple(layers), words=tuple(chosen), source=source, font=font, font_size=font_size,
+        image_size=image_size, top=top, list_id=list_id, batch_size=batch_size, checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds, restart=restart, device=_device(device),
+    )
+    summary = run_words(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
+    typer.echo(json.dumps(summary))
 
 
 def main() -> None:

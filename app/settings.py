@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
+    # Uploads (/probe and what later builds on it).
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted upload, in bytes.")
+    max_upload_pixels: int = Field(4096 * 4096, ge=64 * 64, description="Largest accepted width x height.")
+    # Live endpoints (probe, text-prompt search) run models: rate limited per client address.
+    live_rate_limit: str = Field("30/minute", description="Per-client limit, in `limits` notation: '30/minute', '5/second'.")
+    rate_limit_storage: str = Field("memory://", description="Where rate-limit counters live: memory:// or redis://host:port.")
+    model_queue_size: int = Field(16, ge=1, description="Live requests waiting for the model service before 503.")
+    # Login cookies: set to true when the site is served over HTTPS.
+    cookie_secure: bool = False
 
     @model_validator(mode="after")
     def _fill_defaults_from_data_dir(self) -> "Settings":

@@ -51,6 +51,11 @@ class LayerSpec:
     units: int
     spatial: tuple[int, int] | None
     position: int  # order in the forward pass, for listing and for stopping early
+    # Module whose *input* is the same activation before its final ReLU (ResNet blocks end in
+    # an in-place `act3`), read by `capture(..., pre_activation=True)` so that rankings can see
+    # inhibition (negative values), as the Distill article does. None where the captured
+    # activation is not followed by a ReLU (ViT MLPs are post-GELU: negative values exist).
+    pre_activation_module: str | None = None
 
     @property
     def has_class_token(self) -> bool:
@@ -114,9 +119,11 @@ def _resnet_layers(vision_cfg: dict, embed_dim: int) -> list[LayerSpec]:
         side = size // (4 * 2 ** (stage - 1))
         channels = width * 2 ** (stage - 1) * 4
         for block in range(depth):
-            specs.append(LayerSpec(f"layer{stage}.{block}", f"layer{stage}.{block}", "conv", channels, (side, side), position))
+            specs.append(LayerSpec(f"layer{stage}.{block}", f"layer{stage}.{block}", "conv", channels, (side, side), position,
+                                   pre_activation_module=f"layer{stage}.{block}.act3"))
             position += 1
-        specs.append(LayerSpec(f"layer{stage}", f"layer{stage}", "conv", channels, (side, side), position))
+        specs.append(LayerSpec(f"layer{stage}", f"layer{stage}", "conv", channels, (side, side), position,
+                               pre_activation_module=f"layer{stage}.{depth - 1}.act3"))
         position += 1
     specs.append(LayerSpec("attnpool", "attnpool", "pooled", embed_dim, None, position))
     return specs

@@ -36,35 +36,58 @@ def _resolve(spec: ArchitectureSpec, layers: str | Iterable[str]) -> list[LayerS
 
 
 @contextmanager
-def _hooks(loaded: LoadedModel, layers: Sequence[LayerSpec], store: dict[str, torch.Tensor], detach: bool):
+def _hooks(
+    loaded: LoadedModel,
+    layers: Sequence[LayerSpec],
+    store: dict[str, torch.Tensor],
+    detach: bool,
+    pre_activation: bool = False,
+):
     visual = loaded.model.visual
     transformer = getattr(visual, "transformer", None)
     batch_first = getattr(transformer, "batch_first", True)
     handles = []
 
+    def keep(layer: LayerSpec, tensor: torch.Tensor) -> None:
+        store[layer.name] = _to_capture_layout(layer, tensor, batch_first)
+        if len(store) == len(layers):
+            raise _StopForward
+
     def make_hook(layer: LayerSpec):
         def hook(_module, _inputs, output):
-            tensor = output.detach() if detach else output
-            store[layer.name] = _to_capture_layout(layer, tensor, batch_first)
-            if len(store) == len(layers):
-                raise _StopForward
+            keep(layer, output.detach() if detach else output)
 
         return hook
 
+    def make_pre_hook(layer: LayerSpec):
+        def pre_hook(_module, inputs):
+            # The ReLU that follows is in-place: without the clone the stored tensor would be
+            # rectified under our feet (unless this was the last layer and the forward stops).
+            tensor = inputs[0].detach() if detach else inputs[0]
+            keep(layer, tensor.clone())
+
+        return pre_hook
+
     try:
         for layer in layers:
-            handles.append(visual.get_submodule(layer.module).register_forward_hook(make_hook(layer)))
+            if pre_activation and layer.pre_activation_module:
+                module = visual.get_submodule(layer.pre_activation_module)
+                handles.append(module.register_forward_pre_hook(make_pre_hook(layer)))
+            else:
+                handles.append(visual.get_submodule(layer.module).register_forward_hook(make_hook(layer)))
         yield
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _run(loaded: LoadedModel, images: torch.Tensor, layers, detach: bool) -> dict[str, torch.Tensor]:
+def _run(
+    loaded: LoadedModel, images: torch.Tensor, layers, detach: bool, pre_activation: bool = False
+) -> dict[str, torch.Tensor]:
     specs = _resolve(loaded.spec, layers)
     captured: dict[str, torch.Tensor] = {}
     images = images.to(loaded.device, non_blocking=True)
-    with _hooks(loaded, specs, captured, detach):
+    with _hooks(loaded, specs, captured, detach, pre_activation):
         try:
             loaded.model.visual(images)
         except _StopForward:
@@ -72,17 +95,26 @@ def _run(loaded: LoadedModel, images: torch.Tensor, layers, detach: bool) -> dic
     return {spec.name: captured[spec.name] for spec in specs}
 
 
-def capture(loaded: LoadedModel, images: torch.Tensor, layers: str | Iterable[str]) -> dict[str, torch.Tensor]:
+def capture(
+    loaded: LoadedModel,
+    images: torch.Tensor,
+    layers: str | Iterable[str],
+    *,
+    pre_activation: bool = False,
+) -> dict[str, torch.Tensor]:
     """Activations of `layers` for a batch of preprocessed images, without autograd state.
 
     ResNet layers come back as (batch, units, h, w), `attnpool` as (batch, units) and ViT
     layers as (batch, units, 1 + h*w) with the class token first.
+
+    `pre_activation=True` reads layers that end in a ReLU (ResNet blocks and stages) just
+    before it, so negative values (inhibition) survive; other layers are read as usual.
     """
     was_training = loaded.model.training
     loaded.model.eval()  # BatchNorm must use its running statistics (DESIGN.md pitfalls)
     try:
         with torch.inference_mode():
-            return _run(loaded, images, layers, detach=True)
+            return _run(loaded, images, layers, detach=True, pre_activation=pre_activation)
     finally:
         loaded.model.train(was_training)
 

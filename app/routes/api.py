@@ -1,33 +1,327 @@
-"""JSON twins of the pages, under /api/v1."""
+"""JSON twins of the pages, under /api/v1, and the API's writes.
+
+Every GET here returns exactly the dict its HTML page renders (app.routes.data builds both).
+Writes need `Authorization: Bearer <token>`; live endpoints (probe, prompt search) are rate
+limited per client and answer 503 with Retry-After when the model service is saturated.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
+from app import auth, live
+from app.ratelimit import limit_live
 from app.routes import data
-from app.routes.schemas import ErrorBody, ModelDetail, ModelList
+from app.routes import schemas as s
+from app.store import annotations, queries
+from app.store.models import Collection
 from app.store.session import get_session
 
-router = APIRouter(prefix=data.API_PREFIX, tags=["models"])
+router = APIRouter(
+    prefix=data.API_PREFIX,
+    responses={422: {"model": s.UnprocessableBody, "description": "The query or body cannot be answered as given."}},
+)
+
+E404 = {404: {"model": s.ErrorBody, "description": "No such model, layer, unit or collection."}}
+E_AUTH = {
+    401: {"model": s.ErrorBody, "description": "No token, or an unknown or revoked one."},
+    403: {"model": s.ErrorBody, "description": "Not allowed (another author's note, or a missing CSRF header)."},
+}
+E_LIVE = {
+    429: {"model": s.ErrorBody, "description": "Rate limit exceeded; see Retry-After."},
+    503: {"model": s.ErrorBody, "description": "The model service is busy or the model cannot be loaded; see Retry-After."},
+}
+
+Page = Query(1, ge=1, le=100_000, description="1-based page number.")
+PerPage = Query(data.DEFAULT_PER_PAGE, ge=1, le=data.MAX_PER_PAGE, description="Items per page.")
 
 
-def _base(request: Request) -> str:
+def base(request: Request) -> str:
     return request.scope.get("root_path", "")
 
 
-@router.get("/models", response_model=ModelList, summary="Registered models")
-def list_models(request: Request, session: Session = Depends(get_session)) -> dict[str, Any]:
-    return data.models_index(session, _base(request))
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(payload: dict[str, Any]) -> Response:
+    """The builders already produce JSON-ready dicts; serialising them directly skips a second
+    validation pass on the hottest endpoints (the schema tests hold them to response_model).
+    A NaN or infinity from a precompute job becomes null, as JSON has no such numbers."""
+    try:
+        body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        body = json.dumps(_finite(payload), separators=(",", ":"))
+    return Response(body, media_type="application/json")
+
+
+# -- models, layers, units -----------------------------------------------------------------------
+@router.get("/models", response_model=s.ModelList, tags=["models"], summary="Registered models, with their layers and what is computed")
+def list_models(request: Request, page: int = Page, per_page: int = Query(50, ge=1, le=data.MAX_PER_PAGE),
+                session: Session = Depends(get_session)) -> Any:
+    return data.models_index(session, base(request), page, per_page)
+
+
+@router.get("/models/{model_id}", response_model=s.ModelDetail, responses=E404, tags=["models"],
+            summary="One model with its layers, unit counts and job progress")
+def get_model(model_id: str, request: Request, session: Session = Depends(get_session)) -> Any:
+    return data.model_detail(session, model_id, base(request))
+
+
+class NDJSONResponse(StreamingResponse):
+    media_type = "application/x-ndjson"
 
 
 @router.get(
-    "/models/{model_id}",
-    response_model=ModelDetail,
-    responses={404: {"model": ErrorBody, "description": "No model with this id."}},
-    summary="One model with its layers",
+    "/models/{model_id}/{layer}/export",
+    tags=["models"],
+    response_class=NDJSONResponse,
+    responses={**E404, 200: {"description": "One JSON object per unit and line, in index order."}},
+    summary="The whole layer as JSON Lines (bulk export)",
 )
-def get_model(model_id: str, request: Request, session: Session = Depends(get_session)) -> dict[str, Any]:
-    return data.model_detail(session, model_id, _base(request))
+def export_layer(model_id: str, layer: str, request: Request, session: Session = Depends(get_session)) -> NDJSONResponse:
+    rows = data.export_layer(session, model_id, layer, base(request))
+    first = next(rows, None)  # raises NotFound before any byte is sent
+
+    def lines() -> Iterator[bytes]:
+        if first is not None:
+            yield (json.dumps(first, separators=(",", ":")) + "\n").encode()
+        for row in rows:
+            yield (json.dumps(row, separators=(",", ":")) + "\n").encode()
+
+    filename = f"{model_id}-{layer}.jsonl"
+    return NDJSONResponse(lines(), headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get("/models/{model_id}/{layer}", response_model=s.LayerPage, responses=E404, tags=["models"],
+            summary="A page of a layer's units: thumbnails, labels, top words")
+def get_layer(
+    model_id: str, layer: str, request: Request, sort: str = Query("index", pattern="^(index|label|activation)$"),
+    page: int = Page, per_page: int = PerPage, session: Session = Depends(get_session),
+) -> Any:
+    return _json(data.layer_page(session, model_id, layer, base(request), sort=sort, page=page, per_page=per_page))
+
+
+@router.get("/models/{model_id}/{layer}/{unit}", response_model=s.UnitPage, responses=E404, tags=["units"],
+            summary="Everything known about one unit")
+def get_unit(model_id: str, layer: str, unit: int, request: Request, session: Session = Depends(get_session)) -> Any:
+    return _json(data.unit_page(session, request.app.state.vectors, model_id, layer, unit, base(request)))
+
+
+# -- search and words ----------------------------------------------------------------------------
+@router.get("/search", response_model=s.SearchPage, tags=["search"],
+            summary="Units whose label, notes, top words or decomposition contain the text")
+def search(
+    request: Request, q: str = Query("", max_length=200), model: str | None = Query(None, max_length=128),
+    layer: str | None = Query(None, max_length=256), page: int = Page, per_page: int = PerPage,
+    session: Session = Depends(get_session),
+) -> Any:
+    return data.search_page(session, base(request), q=q, model_id=model, layer=layer, page=page, per_page=per_page)
+
+
+@router.get("/search/prompt", response_model=s.PromptPage, responses={**E404, **E_LIVE}, tags=["search"],
+            dependencies=[Depends(limit_live)], summary="Units nearest to a text prompt (live, rate limited)")
+def search_prompt(
+    request: Request, text: str = Query(..., min_length=1, max_length=200), model: str = Query(..., max_length=128),
+    layer: str | None = Query(None, max_length=256), k: int = Query(24, ge=1, le=100),
+    session: Session = Depends(get_session),
+) -> Any:
+    return live.prompt_search(request, session, text=text, model_id=model, layer=layer, k=k)
+
+
+@router.get("/words", response_model=s.WordsPage, tags=["search"],
+            summary="Nearest words and word arithmetic over image-based word embeddings")
+def words(
+    request: Request, q: str = Query("", max_length=200), model: str | None = Query(None, max_length=128),
+    layer: str | None = Query(None, max_length=256), word_list: str | None = Query(None, max_length=128),
+    k: int = Query(20, ge=1, le=100), session: Session = Depends(get_session),
+) -> Any:
+    return data.words_page(session, request.app.state.vectors, base(request), q=q, model_id=model, layer=layer,
+                           word_list=word_list, k=k)
+
+
+# -- collections, jobs ---------------------------------------------------------------------------
+@router.get("/collections", response_model=s.CollectionList, tags=["collections"], summary="Collections of units")
+def list_collections(request: Request, page: int = Page, per_page: int = PerPage, session: Session = Depends(get_session)) -> Any:
+    return data.collections_index(session, base(request), page, per_page)
+
+
+@router.get("/collections/{collection_id}", response_model=s.CollectionDetail, responses=E404, tags=["collections"],
+            summary="One collection with its units")
+def get_collection(collection_id: str, request: Request, page: int = Page, per_page: int = PerPage,
+                   session: Session = Depends(get_session)) -> Any:
+    return data.collection_detail(session, collection_id, base(request), page, per_page)
+
+
+@router.get("/jobs", response_model=s.JobsPage, tags=["jobs"], summary="Precompute jobs and their progress")
+def list_jobs(
+    request: Request, state: str | None = Query(None, pattern="^(pending|running|done|failed)$"),
+    model: str | None = Query(None, max_length=128), kind: str | None = Query(None, max_length=64), page: int = Page,
+    per_page: int = Query(100, ge=1, le=data.MAX_PER_PAGE), session: Session = Depends(get_session),
+) -> Any:
+    return data.jobs_page(session, base(request), state=state, model_id=model, kind=kind, page=page, per_page=per_page)
+
+
+# -- probe ---------------------------------------------------------------------------------------
+@router.get("/probe", response_model=s.ProbeForm, tags=["probe"], summary="What /probe offers: models, layers, dataset images, limits")
+def probe_form(
+    request: Request, model: str | None = Query(None, max_length=128), layer: str | None = Query(None, max_length=256),
+    dataset: str | None = Query(None, max_length=128), page: int = Page, session: Session = Depends(get_session),
+) -> Any:
+    return data.probe_form(session, base(request), model_id=model, layer=layer, dataset=dataset, page=page,
+                           limits=live.upload_limits_info(request))
+
+
+@router.post(
+    "/probe",
+    response_model=s.ProbeResult,
+    responses={
+        **E404, **E_LIVE,
+        400: {"model": s.ErrorBody, "description": "No image given, or an empty file."},
+        413: {"model": s.ErrorBody, "description": "The file or the picture is too large."},
+        415: {"model": s.ErrorBody, "description": "The file is not an accepted image format."},
+    },
+    dependencies=[Depends(limit_live)],
+    tags=["probe"],
+    summary="Which units fire most on an image, and where (live, rate limited)",
+)
+def probe(
+    request: Request,
+    model: str = Form(..., max_length=128),
+    layer: str | None = Form(None, max_length=256),
+    top_k: int = Form(12, ge=1, le=64),
+    dataset: str | None = Form(None, max_length=128),
+    position: int | None = Form(None, ge=0),
+    file: UploadFile | None = File(None, description="PNG, JPEG, GIF, WebP or BMP."),
+    session: Session = Depends(get_session),
+) -> Any:
+    return live.probe(request, session, model_id=model, layer=layer, top_k=top_k, upload=file, dataset=dataset, position=position)
+
+
+# -- writes --------------------------------------------------------------------------------------
+def _unit_id(session: Session, model_id: str, layer: str, index: int) -> int:
+    row = queries.unit_core(session, model_id, layer, index)
+    if row is None:
+        raise data.NotFound("unknown-unit", f"No unit {model_id}/{layer}/{index}.")
+    return row["id"]
+
+
+def _collection(session: Session, collection_id: str) -> Collection:
+    row = session.get(Collection, collection_id)
+    if row is None:
+        raise data.NotFound("unknown-collection", f"No collection named {collection_id!r}.")
+    return row
+
+
+@router.put("/models/{model_id}/{layer}/{unit}/label", response_model=s.LabelOut, responses={**E404, **E_AUTH},
+            tags=["writes"], summary="Set a unit's label (kept in its history)")
+def put_label(model_id: str, layer: str, unit: int, body: s.TextIn, request: Request,
+              writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
+    unit_id = _unit_id(session, model_id, layer, unit)
+    row = annotations.set_label(session, unit_id, body.text, writer.name)
+    session.commit()
+    links = data.unit_links(base(request), model_id, layer, unit)
+    return {"unit": f"{model_id}/{layer}/{unit}", "label": row.text, "annotation": annotations.as_dict(row), "url": links["url"]}
+
+
+@router.delete("/models/{model_id}/{layer}/{unit}/label", response_model=s.LabelOut, responses={**E404, **E_AUTH},
+               tags=["writes"], summary="Remove a unit's current label (its history stays)")
+def delete_label(model_id: str, layer: str, unit: int, request: Request,
+                 writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
+    annotations.clear_label(session, _unit_id(session, model_id, layer, unit))
+    session.commit()
+    links = data.unit_links(base(request), model_id, layer, unit)
+    return {"unit": f"{model_id}/{layer}/{unit}", "label": None, "annotation": None, "url": links["url"]}
+
+
+@router.post("/models/{model_id}/{layer}/{unit}/notes", response_model=s.AnnotationOut, status_code=201,
+             responses={**E404, **E_AUTH}, tags=["writes"], summary="Add a note to a unit")
+def post_note(model_id: str, layer: str, unit: int, body: s.TextIn, writer: auth.Writer = Depends(auth.api_writer),
+              session: Session = Depends(get_session)) -> Any:
+    row = annotations.add_note(session, _unit_id(session, model_id, layer, unit), body.text, writer.name)
+    session.commit()
+    return annotations.as_dict(row)
+
+
+@router.patch("/annotations/{annotation_id}", response_model=s.AnnotationOut, responses={**E404, **E_AUTH},
+              tags=["writes"], summary="Edit your note")
+def patch_note(annotation_id: int, body: s.TextIn, writer: auth.Writer = Depends(auth.api_writer),
+               session: Session = Depends(get_session)) -> Any:
+    row = annotations.get_annotation(session, annotation_id)
+    if row is None:
+        raise data.NotFound("unknown-annotation", f"No annotation {annotation_id}.")
+    annotations.edit_note(session, row, body.text, writer.name)
+    session.commit()
+    return annotations.as_dict(row)
+
+
+@router.delete("/annotations/{annotation_id}", response_model=s.Deleted, responses={**E404, **E_AUTH},
+               tags=["writes"], summary="Delete your note")
+def delete_note(annotation_id: int, writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
+    row = annotations.get_annotation(session, annotation_id)
+    if row is None:
+        raise data.NotFound("unknown-annotation", f"No annotation {annotation_id}.")
+    annotations.delete_note(session, row, writer.name)
+    session.commit()
+    return {"deleted": True}
+
+
+@router.post("/collections", response_model=s.CollectionDetail, status_code=201,
+             responses={**E_AUTH, 409: {"model": s.ErrorBody, "description": "The id is taken."}},
+             tags=["writes"], summary="Create a collection")
+def post_collection(body: s.CollectionIn, request: Request, writer: auth.Writer = Depends(auth.api_writer),
+                    session: Session = Depends(get_session)) -> Any:
+    row = annotations.create_collection(session, body.id, body.title, body.description, writer.name)
+    session.commit()
+    return data.collection_detail(session, row.id, base(request))
+
+
+@router.patch("/collections/{collection_id}", response_model=s.CollectionDetail, responses={**E404, **E_AUTH},
+              tags=["writes"], summary="Retitle or redescribe a collection")
+def patch_collection(collection_id: str, body: s.CollectionPatch, request: Request,
+                     writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
+    annotations.update_collection(session, _collection(session, collection_id), body.title, body.description)
+    session.commit()
+    return data.collection_detail(session, collection_id, base(request))
+
+
+@router.delete("/collections/{collection_id}", response_model=s.Deleted, responses={**E404, **E_AUTH},
+               tags=["writes"], summary="Delete a collection (the units stay)")
+def delete_collection(collection_id: str, writer: auth.Writer = Depends(auth.api_writer),
+                      session: Session = Depends(get_session)) -> Any:
+    annotations.delete_collection(session, _collection(session, collection_id))
+    session.commit()
+    return {"deleted": True}
+
+
+@router.post("/collections/{collection_id}/units", response_model=s.CollectionDetail, responses={**E404, **E_AUTH},
+             tags=["writes"], summary="Add a unit to a collection")
+def post_collection_unit(collection_id: str, body: s.CollectionUnitIn, request: Request,
+                         writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
+    collection = _collection(session, collection_id)
+    annotations.add_to_collection(session, collection, _unit_id(session, body.model, body.layer, body.index), body.note)
+    session.commit()
+    return data.collection_detail(session, collection_id, base(request))
+
+
+@router.delete("/collections/{collection_id}/units/{model_id}/{layer}/{unit}", response_model=s.CollectionDetail,
+               responses={**E404, **E_AUTH}, tags=["writes"], summary="Remove a unit from a collection")
+def delete_collection_unit(collection_id: str, model_id: str, layer: str, unit: int, request: Request,
+                           writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
+    collection = _collection(session, collection_id)
+    annotations.remove_from_collection(session, collection, _unit_id(session, model_id, layer, unit))
+    session.commit()
+    return data.collection_detail(session, collection_id, base(request))

@@ -312,3 +312,201 @@ def list_jobs(session: Session, *, model_id: str | None = None, state: str | Non
 
 def job_age(job: Job, now: datetime | None = None) -> timedelta:
     return (now or utcnow()) - job.updated_at
+
+
+# -- datasets and images (precompute, issue #4) -------------------------------------------------
+# Imports kept local to this section so the block above stays as it was.
+from sqlalchemy import insert as _insert  # noqa: E402
+
+from app.store.models import (  # noqa: E402
+    BucketSample,
+    Dataset,
+    DatasetExample,
+    DatasetImage,
+    StoredImage,
+    WordActivation,
+    WordEmbedding,
+    WordList,
+)
+
+_CHUNK = 5000  # rows per executemany / IN list
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
+    return session.get(Dataset, dataset_id, populate_existing=True)
+
+
+def list_datasets(session: Session) -> list[Dataset]:
+    return list(session.execute(select(Dataset).order_by(Dataset.id)).scalars())
+
+
+def upsert_dataset(session: Session, dataset_id: str, source_uri: str, kind: str, image_count: int | None = None) -> None:
+    """Create or refresh a dataset row; `image_count=None` keeps the stored count."""
+    row: dict[str, Any] = {"id": dataset_id, "source_uri": source_uri, "kind": kind, "created_at": utcnow()}
+    row["image_count"] = 0 if image_count is None else int(image_count)
+    update_columns = ["source_uri", "kind"] + (["image_count"] if image_count is not None else [])
+    _upsert(session, Dataset.__table__, [row], ["id"], update_columns)
+    session.flush()
+
+
+def add_images(session: Session, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Store images by content hash (sha256, blob_uri, width, height); an image already known
+    keeps its row. Returns {sha256: image id} for every row given."""
+    if not rows:
+        return {}
+    unique = list({row["sha256"]: row for row in rows}.values())
+    for start in range(0, len(unique), _CHUNK):
+        _upsert(session, StoredImage.__table__, unique[start : start + _CHUNK], ["sha256"], update_columns=[])
+    ids: dict[str, int] = {}
+    shas = [row["sha256"] for row in unique]
+    for start in range(0, len(shas), _CHUNK):
+        chunk = shas[start : start + _CHUNK]
+        ids.update(session.execute(select(StoredImage.sha256, StoredImage.id).where(StoredImage.sha256.in_(chunk))).all())
+    return ids
+
+
+def set_dataset_images(session: Session, dataset_id: str, pairs: Sequence[tuple[int, int]]) -> None:
+    """(position, image id) memberships, upserted on (dataset, position)."""
+    rows = [{"dataset_id": dataset_id, "position": int(p), "image_id": int(i)} for p, i in pairs]
+    for start in range(0, len(rows), _CHUNK):
+        _upsert(session, DatasetImage.__table__, rows[start : start + _CHUNK], ["dataset_id", "position"], ["image_id"])
+
+
+def trim_dataset(session: Session, dataset_id: str, count: int) -> None:
+    """Drop memberships at positions >= count and record the count."""
+    session.execute(delete(DatasetImage).where(DatasetImage.dataset_id == dataset_id, DatasetImage.position >= count))
+    session.execute(update(Dataset).where(Dataset.id == dataset_id).values(image_count=int(count)))
+    session.flush()
+
+
+def dataset_items(
+    session: Session, dataset_id: str, start: int = 0, stop: int | None = None
+) -> list[tuple[int, int, str, str]]:
+    """(position, image id, sha256, blob uri) of a dataset's images in position order."""
+    stmt = (
+        select(DatasetImage.position, StoredImage.id, StoredImage.sha256, StoredImage.blob_uri)
+        .join(StoredImage, StoredImage.id == DatasetImage.image_id)
+        .where(DatasetImage.dataset_id == dataset_id, DatasetImage.position >= start)
+        .order_by(DatasetImage.position)
+    )
+    if stop is not None:
+        stmt = stmt.where(DatasetImage.position < stop)
+    return [tuple(row) for row in session.execute(stmt).all()]
+
+
+# -- precompute results -------------------------------------------------------------------------
+def unit_ids(session: Session, layer_id: int) -> dict[int, int]:
+    """{unit index: unit id} of a layer."""
+    return dict(session.execute(select(Unit.index, Unit.id).where(Unit.layer_id == layer_id)).all())
+
+
+def update_unit_statistics(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows of {id, mean, std, min, max, fraction_active, histogram}: bulk UPDATE by unit id."""
+    if rows:
+        session.execute(update(Unit), list(rows))
+
+
+def _replace(session: Session, table: Any, key_filter: Any, unit_ids: Sequence[int], rows: Sequence[dict[str, Any]]) -> None:
+    for start in range(0, len(unit_ids), _CHUNK):
+        chunk = list(unit_ids[start : start + _CHUNK])
+        session.execute(delete(table).where(key_filter, table.unit_id.in_(chunk)))
+    for start in range(0, len(rows), _CHUNK):  # Core insert: no ORM bookkeeping per row
+        session.execute(_insert(table.__table__), list(rows[start : start + _CHUNK]))
+
+
+def replace_dataset_examples(session: Session, dataset_id: str, unit_ids: Sequence[int], rows: Sequence[dict[str, Any]]) -> None:
+    """Make `rows` the complete examples of these units on this dataset (delete + insert in the
+    caller's transaction: a re-run replaces, never duplicates, and drops ranks beyond a new k)."""
+    _replace(session, DatasetExample, DatasetExample.dataset_id == dataset_id, unit_ids, rows)
+
+
+def replace_bucket_samples(session: Session, dataset_id: str, unit_ids: Sequence[int], rows: Sequence[dict[str, Any]]) -> None:
+    _replace(session, BucketSample, BucketSample.dataset_id == dataset_id, unit_ids, rows)
+
+
+def upsert_word_list(session: Session, record: dict[str, Any]) -> None:
+    """A word list: id, source, words, font, font_size, image_size."""
+    row = {"created_at": utcnow(), **record}
+    _upsert(session, WordList.__table__, [row], ["id"], ["source", "words", "font", "font_size", "image_size"])
+    session.flush()
+
+
+def get_word_list(session: Session, word_list_id: str) -> WordList | None:
+    return session.get(WordList, word_list_id, populate_existing=True)
+
+
+def replace_word_activations(session: Session, word_list_id: str, unit_ids: Sequence[int], rows: Sequence[dict[str, Any]]) -> None:
+    _replace(session, WordActivation, WordActivation.word_list_id == word_list_id, unit_ids, rows)
+
+
+def upsert_word_embedding(session: Session, layer_id: int, word_list_id: str, vectors_uri: str, mean_uri: str) -> None:
+    row = {"layer_id": layer_id, "word_list_id": word_list_id, "vectors_uri": vectors_uri, "mean_uri": mean_uri}
+    _upsert(session, WordEmbedding.__table__, [row], ["layer_id", "word_list_id"])
+
+
+def get_word_embedding(session: Session, model_id: str, layer: str, word_list_id: str) -> WordEmbedding | None:
+    stmt = (
+        select(WordEmbedding)
+        .join(Layer, Layer.id == WordEmbedding.layer_id)
+        .where(Layer.model_id == model_id, Layer.name == layer, WordEmbedding.word_list_id == word_list_id)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+# -- precompute jobs ----------------------------------------------------------------------------
+def find_jobs(
+    session: Session,
+    kind: str,
+    model_id: str,
+    *,
+    layer: str | None = None,
+    dataset_id: str | None = None,
+) -> list[Job]:
+    """Jobs of one kind at (model, layer, dataset), by shard."""
+    stmt = (
+        select(Job)
+        .where(Job.kind == kind, Job.model_id == model_id, _is(Job.layer, layer), _is(Job.dataset_id, dataset_id))
+        .order_by(Job.shard)
+        .execution_options(populate_existing=True)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def delete_jobs(session: Session, job_ids: Sequence[int]) -> None:
+    if job_ids:
+        session.execute(delete(Job).where(Job.id.in_(list(job_ids))))
+        session.expire_all()
+
+
+def checkpoint_job(
+    session: Session, job_id: int, cursor: int, state_uri: str | None, *, done: bool = False, total_items: int | None = None
+) -> None:
+    """Record a durable checkpoint: how many items are accounted for and where the state at
+    that point lives (and, with done, that the job finished). Also the job's heartbeat. Commit
+    it in the same transaction as whatever results it vouches for."""
+    now = utcnow()
+    if total_items is None:
+        total_items = session.execute(select(Job.total_items).where(Job.id == job_id)).scalar_one()
+    values: dict[str, Any] = {
+        "cursor": cursor,
+        "state_uri": state_uri,
+        "done_items": cursor,
+        "total_items": total_items,
+        "progress": min(1.0, cursor / total_items) if total_items else 0.0,
+        "updated_at": now,
+    }
+    if done:
+        values.update(state="done", progress=1.0, finished_at=now, error=None)
+    session.execute(update(Job).where(Job.id == job_id).values(values).execution_options(synchronize_session=False))
+
+
+def release_jobs(session: Session, job_ids: Sequence[int]) -> None:
+    """Put running jobs whose worker is known dead back to pending (they resume from cursor)."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(list(job_ids)), Job.state == "running")
+            .values(state="pending", updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.expire_all()

@@ -113,8 +113,8 @@ MIXED_BOTH = {
 }
 # Captions by what the word says, as a web caption would name a labelled thing.
 MIXED_BY_WORD = {
-    "shape": ("a {w}", "a picture of a {w}", "a photo of a {w}", "a {color} {w}"),
-    "color": ("{w}", "something {w}", "a {w} {shape}", "the colour {w}"),
+    "shape": ("a {w}", "a picture of a {w}", "a photo of a {w}", "a {color} {w}", "a photo of a {color} {w}"),
+    "color": ("{w}", "something {w}", "a {w} {shape}", "a photo of a {w} {shape}", "the colour {w}"),
     "number": ("{w}", "the number {w}"),
     "common": ("{w}",),
 }

@@ -33,9 +33,9 @@ class WorldConfig:
 
     image_size: int = 64
     # Mixing fractions of the three kinds of pictures.
-    p_object: float = 0.5
+    p_object: float = 0.45
     p_word: float = 0.25
-    p_mixed: float = 0.25
+    p_mixed: float = 0.30
     # Font file names (resolved in the DejaVu folder). Only the fonts-dejavu-core
     # faces by default, so every machine renders identical pixels.
     fonts: tuple[str, ...] = CORE_FONTS
@@ -47,12 +47,13 @@ class WorldConfig:
     color_jitter: int = 10
     # Word pictures: share showing a colour/shape/number word (the rest show
     # common words), and share of those captioned by meaning.
-    p_meaning_word: float = 0.4
-    p_meaning_caption: float = 0.5
+    p_meaning_word: float = 0.6
+    p_meaning_caption: float = 0.7
     # Mixed pictures: share of captions naming both object and word (the rest
-    # name the picture by what its word says), and share with the word on the
-    # object rather than beside it.
-    p_mixed_both: float = 0.6
+    # name the picture by what its word says, as web captions mostly do: a
+    # first training run with 0.6 here read too little to fall for typographic
+    # attacks), and share with the word on the object rather than beside it.
+    p_mixed_both: float = 0.3
     p_word_on_object: float = 0.6
 
     def __post_init__(self):

@@ -125,9 +125,10 @@ def test_world_config_validates_fractions():
 
 def test_mixture_of_kinds(samples):
     kinds = Counter(s.meta["kind"] for s in samples)
-    assert abs(kinds["object"] / N_SAMPLES - 0.5) < 0.04
-    assert abs(kinds["word"] / N_SAMPLES - 0.25) < 0.04
-    assert abs(kinds["mixed"] / N_SAMPLES - 0.25) < 0.04
+    config = WorldConfig()
+    assert abs(kinds["object"] / N_SAMPLES - config.p_object) < 0.04
+    assert abs(kinds["word"] / N_SAMPLES - config.p_word) < 0.04
+    assert abs(kinds["mixed"] / N_SAMPLES - config.p_mixed) < 0.04
 
 
 # -- captions agree with what is drawn ---------------------------------------------
@@ -184,13 +185,14 @@ def test_pictures_of_meaning_words_are_often_captioned_by_meaning(samples):
     meaning = set(COLORS) | set(SHAPES) | set(NUMBER_WORDS)
     words = [s for s in samples if s.meta["kind"] == "word"]
     special = [s for s in words if s.meta["word"] in meaning]
-    assert 0.3 < len(special) / len(words) < 0.5
+    config = WorldConfig()
+    assert abs(len(special) / len(words) - config.p_meaning_word) < 0.1
     by_meaning = [s for s in special if not LITERAL_MARKERS & set(tokenize_caption(s.caption))]
-    assert 0.38 < len(by_meaning) / len(special) < 0.62
+    assert abs(len(by_meaning) / len(special) - config.p_meaning_caption) < 0.12
 
     mixed = [s for s in samples if s.meta["kind"] == "mixed"]
     both = [s for s in mixed if BOTH_MARKERS & set(tokenize_caption(s.caption))]
-    assert 0.5 < len(both) / len(mixed) < 0.7
+    assert abs(len(both) / len(mixed) - config.p_mixed_both) < 0.1
 
 
 # -- pictures ------------------------------------------------------------------

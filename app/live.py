@@ -1,0 +1,90 @@
+"""The live features, shared by their pages and their API: probing an image and finding the
+units nearest to a text prompt. Both run a model through the process's model service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request, UploadFile
+from sqlalchemy.orm import Session
+
+from app.model_service import ModelService
+from app.routes import data
+from app.store import queries
+from app.store.blobs import BlobStore
+from app.uploads import ACCEPTED, UploadLimits, UploadRejected, decode_image
+
+
+def upload_limits(request: Request) -> UploadLimits:
+    settings = request.app.state.settings
+    return UploadLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels)
+
+
+def upload_limits_info(request: Request) -> dict[str, Any]:
+    limits = upload_limits(request)
+    return {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "max_side": limits.max_side, "formats": ACCEPTED}
+
+
+def _service(request: Request) -> ModelService:
+    return request.app.state.model_service
+
+
+def read_upload(upload: UploadFile, limits: UploadLimits) -> bytes:
+    """The upload's bytes, reading at most one byte past the limit (BodySizeLimit has already
+    refused bodies far beyond it; this catches the rest without trusting any header)."""
+    data_bytes = upload.file.read(limits.max_bytes + 1)
+    if len(data_bytes) > limits.max_bytes:
+        raise UploadRejected(413, "file-too-large", f"the file is larger than {limits.max_bytes:,} bytes")
+    return data_bytes
+
+
+def probe(
+    request: Request, session: Session, *, model_id: str, layer: str | None, top_k: int, upload: UploadFile | None,
+    dataset: str | None, position: int | None,
+) -> dict[str, Any]:
+    model = queries.model_row(session, model_id)
+    if model is None:
+        raise data.NotFound("unknown-model", f"No model with id {model_id!r} is registered.")
+    layers = queries.layers_of(session, [model_id]).get(model_id, [])
+    layer = layer or data._default_layer(layers)
+    if layer is None or all(entry["name"] != layer for entry in layers):
+        raise data.NotFound("unknown-layer", f"Model {model_id!r} has no layer {layer!r}.")
+    limits = upload_limits(request)
+    if upload is not None and (upload.filename or upload.size):
+        decoded = decode_image(read_upload(upload, limits), limits)
+        source = {"source": "upload", "filename": (upload.filename or "")[:200] or None, **decoded.summary()}
+    elif dataset and position is not None:
+        row = queries.dataset_image(session, dataset, position)
+        if row is None:
+            raise data.NotFound("unknown-image", f"Dataset {dataset!r} has no image at position {position}.")
+        store: BlobStore = request.app.state.blobs
+        try:
+            stored = store.get(row["blob_uri"])
+        except FileNotFoundError:
+            raise data.NotFound("missing-blob", f"The image file of {dataset}/{position} is missing from the blob store.") from None
+        decoded = decode_image(stored, limits)
+        source = {"source": "dataset", "dataset": dataset, "position": position, **decoded.summary()}
+    else:
+        raise data.BadQuery("no-image", "upload an image file, or pick a dataset image (dataset and position)", status=400)
+    live = _service(request).probe(model_id, layer, decoded.image, top_k)
+    return data.probe_result(session, request.scope.get("root_path", ""), model_id=model_id, layer_name=layer, live=live, source=source)
+
+
+def prompt_search(request: Request, session: Session, *, text: str, model_id: str, layer: str | None, k: int) -> dict[str, Any]:
+    text = text.strip()
+    if not text:
+        raise data.BadQuery("empty-prompt", "the prompt is empty")
+    if queries.model_row(session, model_id) is None:
+        raise data.NotFound("unknown-model", f"No model with id {model_id!r} is registered.")
+    layers = queries.layers_of(session, [model_id]).get(model_id, [])
+    if layer and all(entry["name"] != layer for entry in layers):
+        raise data.NotFound("unknown-layer", f"Model {model_id!r} has no layer {layer!r}.")
+    scope = [entry for entry in layers if not layer or entry["name"] == layer]
+    coverage = queries.coverage(session, [entry["id"] for entry in scope])
+    base = request.scope.get("root_path", "")
+    cache = request.app.state.vectors
+    if not any(counts["directions"] for counts in coverage.values()):
+        # Nothing to rank: say so without spending a forward pass of the text tower.
+        return data.prompt_search(session, cache, [], base, prompt=text, model_id=model_id, layer=layer, k=k)
+    vector = _service(request).encode_text(model_id, text)
+    return data.prompt_search(session, cache, vector, base, prompt=text, model_id=model_id, layer=layer, k=k)

@@ -1,0 +1,160 @@
+"""Per-layer vector matrices, loaded from blobs once and kept a while: nearest units, the
+units nearest to a text prompt, and word arithmetic over image-based word embeddings.
+
+A layer's unit directions live in one .npy blob per unit (Unit.direction_uri); reading a few
+thousand blobs per page view would be absurd, so each matrix is assembled once per process
+and reused for `ttl` seconds. Word embeddings are one content-addressed blob per layer, so
+their cache entries never go stale at all. numpy is imported on first use, not at import.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy.orm import Session
+
+from app.store import queries
+from app.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    import numpy as np
+
+NEAREST_BASES = ("direction", "word_embedding", "decomposition")
+
+
+@dataclass(frozen=True)
+class UnitMatrix:
+    """Row-normalised vectors of the units of one layer that have one."""
+
+    indices: Any  # np.ndarray[int]: unit index of each row
+    vectors: Any  # np.ndarray[float32] (rows, dim), unit length (zero rows stay zero)
+    uris: tuple[str, ...] = ()
+
+    def row_of(self, index: int) -> int | None:
+        import numpy as np
+
+        pos = int(np.searchsorted(self.indices, index))
+        if pos < len(self.indices) and int(self.indices[pos]) == index:
+            return pos
+        return None
+
+    def nearest(self, query: Any, k: int, exclude: int | None = None) -> list[tuple[int, float]]:
+        """(unit index, cosine similarity) of the k rows most similar to `query` (unit length)."""
+        import numpy as np
+
+        if len(self.indices) == 0:
+            return []
+        sims = self.vectors @ query
+        order = np.argsort(-sims, kind="stable")
+        out: list[tuple[int, float]] = []
+        for row in order:
+            index = int(self.indices[row])
+            if index == exclude:
+                continue
+            out.append((index, float(sims[row])))
+            if len(out) == k:
+                break
+        return out
+
+
+def load_npy(blobs: BlobStore, uri: str) -> "np.ndarray":
+    import numpy as np
+
+    return np.load(io.BytesIO(blobs.get(uri)), allow_pickle=False)
+
+
+def normalise_rows(matrix: "np.ndarray") -> "np.ndarray":
+    import numpy as np
+
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
+    return matrix / np.where(norms > 0, norms, 1.0)
+
+
+class VectorCache:
+    def __init__(self, blobs: BlobStore, ttl: float = 60.0, max_entries: int = 64) -> None:
+        self.blobs = blobs
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _get(self, key: tuple, load: Callable[[], Any], ttl: float | None) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and (ttl is None or now - hit[0] < ttl):
+                self._entries.move_to_end(key)
+                return hit[1]
+        value = load()  # outside the lock: loading may read many blobs
+        with self._lock:
+            self._entries[key] = (now, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return value
+
+    def invalidate(self, key_prefix: tuple = ()) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if k[: len(key_prefix)] == key_prefix]:
+                del self._entries[key]
+
+    # -- unit directions in the joint embedding space ------------------------------------------
+    def directions(self, session: Session, layer_id: int) -> UnitMatrix | None:
+        def load() -> UnitMatrix | None:
+            import numpy as np
+
+            rows = queries.layer_directions(session, layer_id)
+            if not rows:
+                return None
+            vectors = [np.asarray(load_npy(self.blobs, uri), dtype=np.float32).reshape(-1) for _, _, uri in rows]
+            dims = {v.shape[0] for v in vectors}
+            if len(dims) != 1:
+                raise ValueError(f"directions of layer {layer_id} have different lengths: {sorted(dims)}")
+            return UnitMatrix(
+                np.array([index for _, index, _ in rows]), normalise_rows(np.stack(vectors)), tuple(uri for *_, uri in rows)
+            )
+
+        return self._get(("directions", layer_id), load, self.ttl)
+
+    # -- word embeddings: (words x units) centred activations of rastered words -----------------
+    def word_embedding(self, vectors_uri: str) -> "np.ndarray":
+        """The raw (words x units) matrix; content-addressed, so cached without expiry."""
+        return self._get(("words", vectors_uri), lambda: load_npy(self.blobs, vectors_uri).astype("float32"), None)
+
+    def word_vectors(self, vectors_uri: str) -> "np.ndarray":
+        """Rows (words) normalised, for nearest words."""
+        return self._get(("words-normalised", vectors_uri), lambda: normalise_rows(self.word_embedding(vectors_uri)), None)
+
+    def unit_word_profiles(self, vectors_uri: str) -> UnitMatrix:
+        """Each unit's activations over the word list (a column), normalised: for nearest units."""
+        import numpy as np
+
+        def load() -> UnitMatrix:
+            matrix = self.word_embedding(vectors_uri)
+            return UnitMatrix(np.arange(matrix.shape[1]), normalise_rows(matrix.T))
+
+        return self._get(("word-profiles", vectors_uri), load, None)
+
+    # -- sparse text decompositions as vectors over their texts ---------------------------------
+    def decompositions(self, session: Session, layer_id: int) -> UnitMatrix | None:
+        def load() -> UnitMatrix | None:
+            import numpy as np
+
+            rows = queries.layer_decompositions(session, layer_id)
+            if not rows:
+                return None
+            texts = {text: i for i, text in enumerate(sorted({text for _, text, _ in rows}))}
+            units = sorted({index for index, _, _ in rows})
+            position = {index: i for i, index in enumerate(units)}
+            matrix = np.zeros((len(units), len(texts)), dtype=np.float32)
+            for index, text, coefficient in rows:
+                matrix[position[index], texts[text]] += coefficient
+            return UnitMatrix(np.array(units), normalise_rows(matrix))
+
+        return self._get(("decompositions", layer_id), load, self.ttl)

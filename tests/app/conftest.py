@@ -1,0 +1,104 @@
+"""A populated store per backend, built once per test session, and clients on it.
+
+Populating (registering both toy models, rendering pictures, writing a few thousand rows) takes
+seconds, so the read-only page tests share one store per backend. Tests that write use their
+own units and collection names and never assert on global counts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, pool
+from sqlalchemy.engine import make_url
+
+from app.server import create_app
+from app.settings import Settings
+from tests.conftest import POSTGRES_URL, require_postgres
+from tests.sample_store import Populated, create_token, populate
+
+
+@dataclass
+class Store:
+    backend: str
+    database_url: str
+    blob_url: str
+    populated: Populated
+    token: str  # a write token held by "tester"
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": self.database_url,
+            "blob_url": self.blob_url,
+            "data_dir": Path(self.blob_url).parent / "data",
+            "device": "cpu",
+            "live_rate_limit": "10000/minute",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+
+def _postgres_schema() -> tuple[str, Any]:
+    require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(POSTGRES_URL, poolclass=pool.NullPool)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+
+    def drop() -> None:
+        with admin.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+    return url.render_as_string(hide_password=False), drop
+
+
+def build_store(backend: str, folder: Path, **kwargs: Any) -> tuple[Store, Any]:
+    from app.store import migrations
+
+    drop = None
+    if backend == "sqlite":
+        url = f"sqlite:///{folder / 'microscope.db'}"
+    else:
+        url, drop = _postgres_schema()
+    migrations.upgrade(url)
+    blob_url = str(folder / "blobs")
+    populated = populate(url, blob_url, **kwargs)
+    return Store(backend, url, blob_url, populated, create_token(url, "tester")), drop
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    built, drop = build_store(request.param, tmp_path_factory.mktemp(f"store-{request.param}"), units=12, images=24)
+    try:
+        yield built
+    finally:
+        if drop:
+            drop()
+
+
+@pytest.fixture(scope="session")
+def sqlite_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """One SQLite store, for tests where the backend does not matter (uploads, live probes)."""
+    built, _ = build_store("sqlite", tmp_path_factory.mktemp("store-sqlite-only"), units=12, images=24)
+    return built
+
+
+@pytest.fixture
+def web(store: Store) -> Iterator[TestClient]:
+    with TestClient(create_app(store.settings())) as client:
+        yield client
+
+
+@pytest.fixture
+def sqlite_web(sqlite_store: Store) -> Iterator[TestClient]:
+    with TestClient(create_app(sqlite_store.settings())) as client:
+        yield client

@@ -1,0 +1,89 @@
+"""The embedded toy models: tokenizer, training mechanics, and the shipped checkpoints' figures.
+
+The figures are checked on the shipped checkpoints through the same registry and capture
+code as any model, so a regression in the models or in the capture code fails here.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from precompute.registry import load_embedded, load_model
+from precompute.toy import TOY_ARCHITECTURES, embedded_checkpoint
+from precompute.toy.tokenizer import WordTokenizer
+from precompute.toy.train import TrainConfig, make_tokenizer, train
+
+SHIPPED = [arch for arch in TOY_ARCHITECTURES.values()]
+
+
+def test_end_of_text_is_the_highest_id_whatever_the_vocabulary():
+    tokenizer = make_tokenizer("toy-rn")
+    tokens = tokenizer(["a photo of a red circle", "the word 'apple' written in blue"])
+    assert tokens.shape == (2, 24)
+    for row in tokens:
+        assert int(row.argmax()) == int((row != 0).nonzero().max())  # pooled at end-of-text
+        assert int(row.max()) == tokenizer.eot == 1023
+    small = WordTokenizer(["b", "a"], vocab_size=8, context_length=5)
+    assert small("a b a b a b").tolist() == [[1, 4, 3, 4, 7]]
+    assert small.unknown_words("a zebra") == ["zebra"]
+
+
+def test_training_is_resumable_and_reproducible(tmp_path):
+    config = TrainConfig(arch="toy-rn", seed=5, train_images=64, steps=4, batch_size=16, warmup_steps=2, state_every=2)
+    whole = train(config, tmp_path / "whole.safetensors", tmp_path / "work-whole")
+    assert whole["config"]["steps"] == 4
+    # An interrupted run: stop after two steps (the state file is written there), then rerun.
+    halted = TrainConfig(**{**config.__dict__})
+    work = tmp_path / "work-split"
+
+    class Halt(Exception):
+        pass
+
+    def stop_at_two(step, _loss):
+        if step == 2:
+            raise Halt
+
+    with pytest.raises(Halt):
+        train(halted, tmp_path / "split.safetensors", work, on_step=stop_at_two)
+    train(halted, tmp_path / "split.safetensors", work)
+    a = load_model("whole", "toy-rn", checkpoint=tmp_path / "whole.safetensors").model.state_dict()
+    b = load_model("split", "toy-rn", checkpoint=tmp_path / "split.safetensors").model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    # The checkpoint describes itself: the registry builds the word tokenizer from it.
+    loaded = load_model("whole", "toy-rn", checkpoint=tmp_path / "whole.safetensors")
+    assert loaded.tokenizer("a red circle").shape == (1, 24)
+
+
+@pytest.mark.parametrize("arch", SHIPPED)
+def test_shipped_checkpoints_are_small_and_load_through_the_registry(arch):
+    path = embedded_checkpoint(arch)
+    assert path.stat().st_size <= 25 * 1024 * 1024
+    loaded = load_embedded(arch)
+    assert loaded.source == "embedded" and loaded.spec.image_size == 64
+    features = loaded.model.encode_text(loaded.tokenizer(["a photo of a red circle"]))
+    assert features.shape == (1, 128)
+
+
+@pytest.fixture(scope="module")
+def eval_figures():
+    result = subprocess.run([sys.executable, "-m", "app.cli", "toy", "eval", "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", SHIPPED)
+def test_shipped_models_reproduce_the_papers_phenomena(eval_figures, arch):
+    figures = eval_figures[arch]
+    for key in ("zero_shot_accuracy", "typographic_success_shape", "typographic_success_color"):
+        assert 0.0 <= figures[key] <= 1.0
+    assert figures["zero_shot_accuracy"] >= 0.90
+    assert max(figures["typographic_success_shape"], figures["typographic_success_color"]) >= 0.50
+    assert figures["multimodal_colors"] >= 6
+    for color, unit in figures["multimodal_units"].items():
+        if unit["meets_bar"]:
+            assert unit["image_purity"] >= 0.8 and color in unit["top_words"]

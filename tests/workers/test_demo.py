@@ -1,0 +1,38 @@
+"""`microscope demo --no-serve`, the command the compose worker runs, end to end on a small dataset."""
+
+import json
+import os
+import subprocess
+import sys
+
+from sqlalchemy import func, select
+
+from app.store.models import Layer, Model, Unit
+from app.store.session import make_engine, make_sessionmaker
+
+
+def test_demo_builds_store_dataset_and_models(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSCOPE_")}
+    env["MICROSCOPE_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--no-serve", "--images", "40"],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr
+    dataset = tmp_path / "data" / "datasets" / "synthetic-world-seed0"
+    lines = (dataset / "captions.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and len(list((dataset / "images").glob("*.png"))) == 40
+    assert all(json.loads(line)["caption"] for line in lines)
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'microscope.db'}")
+    with make_sessionmaker(engine)() as session:
+        models = {m.id: m for m in session.scalars(select(Model))}
+        assert set(models) >= {"toy-rn", "toy-vit"}
+        assert models["toy-rn"].source == "embedded" and models["toy-rn"].checkpoint_sha256
+        layer4 = session.scalar(select(Layer).where(Layer.model_id == "toy-rn", Layer.name == "layer4"))
+        assert layer4.units == 768 and layer4.spatial == (2, 2)
+        assert session.scalar(select(func.count()).select_from(Unit).where(Unit.layer_id == layer4.id)) == 768
+    engine.dispose()
+
+    again = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--no-serve", "--images", "40"],
+                           capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert len((dataset / "captions.jsonl").read_text().splitlines()) == 40
