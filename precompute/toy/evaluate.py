@@ -55,10 +55,13 @@ def encode_images(loaded: LoadedModel, images: list, batch_size: int = 256) -> t
 
 
 def final_layer_maxima(loaded: LoadedModel, images: list, batch_size: int = 256) -> torch.Tensor:
+    """Each last-layer unit's spatial maximum per image, read before the final ReLU as the
+    Distill article ranks them: after it, every image a unit ignores ties at zero and ranks
+    among those images (the rastered words, mostly) would be arbitrary."""
     layer = loaded.spec.final_layer
     values = []
     for batch in _pixel_batches(loaded, images, batch_size):
-        activation = capture(loaded, batch, layer.name)[layer.name]
+        activation = capture(loaded, batch, layer.name, pre_activation=True)[layer.name]
         values.append(unit_maxima(activation, layer)[0].float().cpu())
     return torch.cat(values)
 
