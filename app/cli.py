@@ -28,6 +28,8 @@ toy_app = typer.Typer(help="The embedded synthetic world and toy CLIP models.", 
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(toy_app, name="toy")
+tokens_app = typer.Typer(help="API tokens for writing labels, notes and collections.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
 datasets_app = typer.Typer(help="Register image datasets (folders, URLs, tar shards, the synthetic world).", no_args_is_help=True)
 precompute_app = typer.Typer(help="Precompute dataset examples, statistics and rastered words (resumable jobs).", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
@@ -363,12 +365,19 @@ def datasets_register(
     from app.store.session import make_engine, make_sessionmaker
 
     engine = make_engine(settings.database_url)
-    bar = tqdm(desc=f"register {dataset_id}", unit="img", total=source.count or None)
+    bars = []  # the bar appears with the first image, so bad input stays a one-line error
+
+    def on_image() -> None:
+        if not bars:
+            bars.append(tqdm(desc=f"register {dataset_id}", unit="img", total=source.count or None))
+        bars[0].update(1)
+
     try:
         report = register_dataset(make_sessionmaker(engine), BlobStore(settings.blob_url), dataset_id, source,
-                                  on_image=lambda: bar.update(1))
+                                  on_image=on_image)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
         engine.dispose()
     for name, reason in report.skipped[:20]:
         typer.echo(f"skipped {name}: {reason}", err=True)
@@ -458,6 +467,55 @@ def precompute_words(
     )
     summary = run_words(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
     typer.echo(json.dumps(summary))
+
+
+# --- tokens ---------------------------------------------------------------------------
+
+
+@tokens_app.command("create")
+def tokens_create(name: Annotated[str, typer.Argument(help="Who holds the token; recorded as the author of their writes.")]) -> None:
+    """Create a write token for NAME and print it (once: only its hash is stored)."""
+    from app.store.annotations import Invalid, create_token
+
+    with _session() as session:
+        try:
+            row, token = create_token(session, name)
+        except Invalid as error:
+            _fail(error.detail)
+        session.commit()
+    typer.echo(token)
+    typer.secho(f"token {row.id} for {row.name} (prefix {row.prefix}); it is shown only now", err=True)
+
+
+@tokens_app.command("list")
+def tokens_list() -> None:
+    """The tokens: id, prefix, holder, created, last used, revoked."""
+    from app.store.annotations import list_tokens
+
+    with _session() as session:
+        for row in list_tokens(session):
+            used = row.last_used_at.isoformat(timespec="seconds") if row.last_used_at else "never"
+            state = f"revoked {row.revoked_at.isoformat(timespec='seconds')}" if row.revoked_at else "live"
+            typer.echo(f"{row.id:4d} {row.prefix:14s} {row.name:24s} created {row.created_at.isoformat(timespec='seconds')}  "
+                       f"used {used}  {state}")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(prefix_or_id: Annotated[str, typer.Argument(help="The token's id, or the start of its prefix (6+ characters).")]) -> None:
+    """Revoke a token; writes with it are refused from now on."""
+    from app.store.annotations import Invalid, revoke_token
+
+    with _session() as session:
+        try:
+            rows = revoke_token(session, prefix_or_id)
+        except Invalid as error:
+            _fail(error.detail)
+        if not rows:
+            _fail(f"no live token matches {prefix_or_id!r}")
+        if len(rows) > 1:
+            _fail(f"{len(rows)} tokens match {prefix_or_id!r}; give more of the prefix or the id")
+        session.commit()
+    typer.echo(f"revoked token {rows[0].id} of {rows[0].name}")
 
 
 def main() -> None:

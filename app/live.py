@@ -46,7 +46,7 @@ def probe(
     if model is None:
         raise data.NotFound("unknown-model", f"No model with id {model_id!r} is registered.")
     layers = queries.layers_of(session, [model_id]).get(model_id, [])
-    layer = layer or data._default_layer(layers)
+    layer = layer or data.default_layer(layers)
     if layer is None or all(entry["name"] != layer for entry in layers):
         raise data.NotFound("unknown-layer", f"Model {model_id!r} has no layer {layer!r}.")
     limits = upload_limits(request)
@@ -79,11 +79,10 @@ def prompt_search(request: Request, session: Session, *, text: str, model_id: st
     layers = queries.layers_of(session, [model_id]).get(model_id, [])
     if layer and all(entry["name"] != layer for entry in layers):
         raise data.NotFound("unknown-layer", f"Model {model_id!r} has no layer {layer!r}.")
-    scope = [entry for entry in layers if not layer or entry["name"] == layer]
-    coverage = queries.coverage(session, [entry["id"] for entry in scope])
+    scope = [entry["id"] for entry in layers if not layer or entry["name"] == layer]
     base = request.scope.get("root_path", "")
     cache = request.app.state.vectors
-    if not any(counts["directions"] for counts in coverage.values()):
+    if not queries.any_directions(session, scope):
         # Nothing to rank: say so without spending a forward pass of the text tower.
         return data.prompt_search(session, cache, [], base, prompt=text, model_id=model_id, layer=layer, k=k)
     vector = _service(request).encode_text(model_id, text)

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import svg
 from app.auth import AuthError
+from app.cache import TTLCache
 from app.model_service import LiveError, ModelService, ServiceBusy
 from app.paths import static_dir, templates_dir
 from app.ratelimit import RateLimited, RateLimiter
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = _templates()
     app.state.schema_head = migrations.head()
     app.state.vectors = VectorCache(app.state.blobs)
+    app.state.unit_cache = TTLCache(settings.page_cache_seconds, 4096) if settings.page_cache_seconds > 0 else None
     app.state.rate_limiter = RateLimiter(settings.live_rate_limit, settings.rate_limit_storage)
     app.state.model_service = ModelService(_model_loader(app, settings), max_queue=settings.model_queue_size)
 

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     live_rate_limit: str = Field("30/minute", description="Per-client limit, in `limits` notation: '30/minute', '5/second'.")
     rate_limit_storage: str = Field("memory://", description="Where rate-limit counters live: memory:// or redis://host:port.")
     model_queue_size: int = Field(16, ge=1, description="Live requests waiting for the model service before 503.")
+    # How long a server process reuses what the precompute jobs wrote about a unit (its page's
+    # visualizations, examples, words, neighbours) before reading it again; 0 turns it off.
+    page_cache_seconds: float = Field(30.0, ge=0)
     # Login cookies: set to true when the site is served over HTTPS.
     cookie_secure: bool = False
 

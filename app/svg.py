@@ -21,11 +21,12 @@ def _num(value: float) -> str:
     return f"{value:.2f}"
 
 
-def normalise_histogram(histogram: dict[str, Any] | None) -> dict[str, list[float]] | None:
+def normalise_histogram(histogram: dict[str, Any] | None) -> dict[str, Any] | None:
     """The stored histogram as {"edges": [n+1], "counts": [n]}, whatever shape it came in.
 
-    Accepted: {"edges", "counts"} (numpy.histogram's output), {"bins", "counts"} with bins as
-    edges, or {"low", "high", "counts"} for equal-width bins. Anything else is None.
+    Accepted: {"edges", "counts"} (numpy.histogram's output, and what the examples job writes,
+    with "underflow"/"overflow" counts outside the edges, kept), {"bins", "counts"} with bins
+    as edges, or {"low", "high", "counts"} for equal-width bins. Anything else is None.
     """
     if not isinstance(histogram, dict):
         return None
@@ -39,12 +40,16 @@ def normalise_histogram(histogram: dict[str, Any] | None) -> dict[str, list[floa
     if not isinstance(edges, list) or len(edges) != len(counts) + 1:
         return None
     try:
-        return {"edges": [float(e) for e in edges], "counts": [float(c) for c in counts]}
+        out: dict[str, Any] = {"edges": [float(e) for e in edges], "counts": [float(c) for c in counts]}
+        for key in ("underflow", "overflow"):  # values outside the edges, as the examples job counts them
+            if isinstance(histogram.get(key), (int, float)):
+                out[key] = float(histogram[key])
+        return out
     except (TypeError, ValueError):
         return None
 
 
-def histogram_svg(histogram: dict[str, list[float]], width: int = 560, height: int = 140, marks: Sequence[float] = ()) -> Markup:
+def histogram_svg(histogram: dict[str, Any], width: int = 560, height: int = 140, marks: Sequence[float] = ()) -> Markup:
     """Bars on a log scale (activations pile up at zero), with the range underneath and
     optional vertical marks (e.g. the top dataset examples' activations)."""
     edges, counts = histogram["edges"], histogram["counts"]
@@ -70,7 +75,7 @@ def histogram_svg(histogram: dict[str, list[float]], width: int = 560, height: i
     zero = ""
     if lo < 0 < hi:
         zero = f'<line class="zero" x1="{x(0):.1f}" x2="{x(0):.1f}" y1="{pad_t}" y2="{pad_t + plot_h}"/>'
-    total = int(sum(counts))
+    total = int(sum(counts) + histogram.get("underflow", 0) + histogram.get("overflow", 0))
     label = f"Histogram of activations from {_num(lo)} to {_num(hi)} over {total} values, log scale"
     return Markup(
         f'<svg class="histogram" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}" '

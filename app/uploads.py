@@ -124,7 +124,9 @@ def _decode(data: bytes, fmt: str, limits: UploadLimits) -> DecodedImage:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; truncated uploads would pass")
     with warnings.catch_warnings():
         # Pillow warns (then errors at twice the size) on decompression bombs; our own pixel
-        # limit below is stricter, and the warning becomes an error in any case.
+        # limit below is stricter, and the warning becomes an error in any case. Its other
+        # warnings (corrupt EXIF and the like) are about files it then reads anyway.
+        warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(io.BytesIO(data), formats=[fmt]) as probe:
@@ -146,7 +148,7 @@ def _decode(data: bytes, fmt: str, limits: UploadLimits) -> DecodedImage:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise UploadRejected(413, "too-many-pixels", f"the image has too many pixels (limit {limits.max_pixels:,})") from None
         except UnidentifiedImageError:
-            raise UploadRejected(415, "not-an-image", f"the file looks like {fmt} but is not a readable image") from None
+            raise UploadRejected(422, "corrupt-image", f"the file starts like a {fmt} image but is not a readable one") from None
         except MemoryError:
             raise UploadRejected(413, "too-many-pixels", "the image is too large to decode") from None
         except Exception as error:  # Pillow raises many types on malformed input; all mean "broken file"

@@ -10,14 +10,13 @@ their cache entries never go stale at all. numpy is imported on first use, not a
 from __future__ import annotations
 
 import io
-import threading
-import time
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from app.cache import TTLCache
 from app.store import queries
 from app.store.blobs import BlobStore
 
@@ -79,30 +78,14 @@ def normalise_rows(matrix: "np.ndarray") -> "np.ndarray":
 class VectorCache:
     def __init__(self, blobs: BlobStore, ttl: float = 60.0, max_entries: int = 64) -> None:
         self.blobs = blobs
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = TTLCache(ttl, max_entries)
 
-    def _get(self, key: tuple, load: Callable[[], Any], ttl: float | None) -> Any:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and (ttl is None or now - hit[0] < ttl):
-                self._entries.move_to_end(key)
-                return hit[1]
-        value = load()  # outside the lock: loading may read many blobs
-        with self._lock:
-            self._entries[key] = (now, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return value
+    def _get(self, key: tuple, load: Callable[[], Any], expires: bool) -> Any:
+        # Content-addressed keys (blob URIs) never go stale; per-layer assemblies do.
+        return self._cache.get(key, load) if expires else self._cache.get(key, load, None)
 
     def invalidate(self, key_prefix: tuple = ()) -> None:
-        with self._lock:
-            for key in [k for k in self._entries if k[: len(key_prefix)] == key_prefix]:
-                del self._entries[key]
+        self._cache.invalidate(key_prefix)
 
     # -- unit directions in the joint embedding space ------------------------------------------
     def directions(self, session: Session, layer_id: int) -> UnitMatrix | None:
@@ -120,16 +103,16 @@ class VectorCache:
                 np.array([index for _, index, _ in rows]), normalise_rows(np.stack(vectors)), tuple(uri for *_, uri in rows)
             )
 
-        return self._get(("directions", layer_id), load, self.ttl)
+        return self._get(("directions", layer_id), load, True)
 
     # -- word embeddings: (words x units) centred activations of rastered words -----------------
     def word_embedding(self, vectors_uri: str) -> "np.ndarray":
         """The raw (words x units) matrix; content-addressed, so cached without expiry."""
-        return self._get(("words", vectors_uri), lambda: load_npy(self.blobs, vectors_uri).astype("float32"), None)
+        return self._get(("words", vectors_uri), lambda: load_npy(self.blobs, vectors_uri).astype("float32"), False)
 
     def word_vectors(self, vectors_uri: str) -> "np.ndarray":
         """Rows (words) normalised, for nearest words."""
-        return self._get(("words-normalised", vectors_uri), lambda: normalise_rows(self.word_embedding(vectors_uri)), None)
+        return self._get(("words-normalised", vectors_uri), lambda: normalise_rows(self.word_embedding(vectors_uri)), False)
 
     def unit_word_profiles(self, vectors_uri: str) -> UnitMatrix:
         """Each unit's activations over the word list (a column), normalised: for nearest units."""
@@ -139,7 +122,7 @@ class VectorCache:
             matrix = self.word_embedding(vectors_uri)
             return UnitMatrix(np.arange(matrix.shape[1]), normalise_rows(matrix.T))
 
-        return self._get(("word-profiles", vectors_uri), load, None)
+        return self._get(("word-profiles", vectors_uri), load, False)
 
     # -- sparse text decompositions as vectors over their texts ---------------------------------
     def decompositions(self, session: Session, layer_id: int) -> UnitMatrix | None:
@@ -157,4 +140,4 @@ class VectorCache:
                 matrix[position[index], texts[text]] += coefficient
             return UnitMatrix(np.array(units), normalise_rows(matrix))
 
-        return self._get(("decompositions", layer_id), load, self.ttl)
+        return self._get(("decompositions", layer_id), load, True)

@@ -9,7 +9,6 @@ spread over a few more threads, so loading overlaps the forward pass.
 
 from __future__ import annotations
 
-import io
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -18,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+from precompute.images import DECODE_ERRORS, decode_image
 
 
 @dataclass
@@ -31,13 +30,6 @@ class Batch:
     images: torch.Tensor  # (n, 3, S, S)
     index: list[int] = field(default_factory=list)  # item indices of the decoded images
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """An RGB PIL image from encoded bytes, fully decoded (so truncation is caught here)."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image.convert("RGB")
 
 
 def _load_one(item: tuple[int, Any], read: Callable[[Any], bytes], transform: Callable) -> tuple[int, torch.Tensor | None, str | None]:

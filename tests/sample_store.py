@@ -147,9 +147,15 @@ def _crop(blobs: BlobStore, image: StoredImage, cell: tuple[int, int], grid: tup
     return blobs.put(out.getvalue(), ".png")
 
 
+ALL_KINDS = frozenset({"statistics", "labels", "directions", "featureviz", "examples", "buckets", "words", "decomposition",
+                       "embedding"})
+# What the precompute jobs do not write yet (the examples and words jobs cover the rest).
+NOT_FROM_JOBS = frozenset({"labels", "directions", "featureviz", "decomposition"})
+
+
 def populate_layer(
     session: Session, blobs: BlobStore, layer: Layer, images: list[StoredImage], units: int, rng: np.random.Generator,
-    embed_dim: int, words: list[str], texts: list[str], full: bool = True,
+    embed_dim: int, words: list[str], texts: list[str], kinds: frozenset[str] = ALL_KINDS,
 ) -> None:
     unit_rows = {
         u.index: u for u in session.query(Unit).filter(Unit.layer_id == layer.id, Unit.index < units).order_by(Unit.index)
@@ -158,59 +164,99 @@ def populate_layer(
     kind = "channel" if layer.kind == "conv" else "neuron"
     for index, unit in unit_rows.items():
         scale = float(rng.uniform(2, 12))
-        samples = np.maximum(rng.gamma(0.6, scale / 6, size=4000) - rng.uniform(0, 1), 0) - rng.exponential(0.2, 4000)
-        counts, edges = np.histogram(samples, bins=40)
-        unit.mean, unit.std = float(samples.mean()), float(samples.std())
-        unit.min, unit.max = float(samples.min()), float(samples.max())
-        unit.fraction_active = float((samples > 0).mean())
-        unit.histogram = {"edges": [round(float(e), 5) for e in edges], "counts": [int(c) for c in counts]}
-        if not full:
-            continue
-        if index in LABELS:
+        if "statistics" in kinds:
+            samples = np.maximum(rng.gamma(0.6, scale / 6, size=4000) - rng.uniform(0, 1), 0) - rng.exponential(0.2, 4000)
+            counts, edges = np.histogram(samples, bins=40)
+            unit.mean, unit.std = float(samples.mean()), float(samples.std())
+            unit.min, unit.max = float(samples.min()), float(samples.max())
+            unit.fraction_active = float((samples > 0).mean())
+            unit.histogram = {"edges": [round(float(e), 5) for e in edges], "counts": [int(c) for c in counts]}
+        top_value = unit.max if unit.max is not None else scale
+        low_value = unit.min if unit.min is not None else -1.0
+        if "labels" in kinds and index in LABELS:
             unit.label = LABELS[index]
             session.add(Annotation(unit_id=unit.id, kind="label", text=LABELS[index], author="sample-data"))
-        unit.direction_uri = blobs.put(npy(rng.normal(size=embed_dim)), ".npy")
-        session.add(FeatureViz(unit_id=unit.id, kind=kind, variant="", blob_uri=blobs.put(png(pattern(rng)), ".png"),
-                               final_activation=round(unit.max * 1.8, 4), parameters={"steps": 512, "lr": 0.05}))
-        if index < 6:
-            for k in range(4):
-                session.add(FeatureViz(unit_id=unit.id, kind="diversity", variant=str(k),
-                                       blob_uri=blobs.put(png(pattern(rng, 96)), ".png"), final_activation=None, parameters={}))
-            for facet in FACETS:
-                session.add(FeatureViz(unit_id=unit.id, kind="facet", variant=facet,
-                                       blob_uri=blobs.put(png(pattern(rng, 96)), ".png"), final_activation=None, parameters={}))
-        picks = rng.choice(len(images), size=12, replace=False)
-        top = sorted((float(unit.max * rng.uniform(0.7, 1.0)) for _ in range(8)), reverse=True)
-        bottom = sorted(float(unit.min * rng.uniform(0.7, 1.0)) for _ in range(4))
-        for rank, (activation, pick) in enumerate(zip(top, picks[:8])):
-            position = int(rng.integers(0, grid[0] * grid[1]))
-            crop = _crop(blobs, images[pick], divmod(position, grid[1]), grid) if rank < 4 else None
-            session.add(DatasetExample(unit_id=unit.id, dataset_id=DATASET, sign="top", rank=rank, image_id=images[pick].id,
-                                       activation=round(activation, 5), position=position if layer.spatial else None, crop_uri=crop))
-        for rank, (activation, pick) in enumerate(zip(bottom, picks[8:])):
-            session.add(DatasetExample(unit_id=unit.id, dataset_id=DATASET, sign="bottom", rank=rank, image_id=images[pick].id,
-                                       activation=round(activation, 5), position=None, crop_uri=None))
-        lows = np.linspace(unit.min, unit.max, 9)
-        for bucket in range(8):
-            for slot in range(3):
-                pick = int(rng.integers(0, len(images)))
-                session.add(BucketSample(unit_id=unit.id, dataset_id=DATASET, bucket=bucket, slot=slot, low=float(lows[bucket]),
-                                         high=float(lows[bucket + 1]), image_id=images[pick].id,
-                                         activation=float(rng.uniform(lows[bucket], lows[bucket + 1]))))
-        chosen = rng.choice(len(words), size=10, replace=False)
-        for rank, (w, activation) in enumerate(zip(chosen, sorted(rng.uniform(0.5, 5.0, 10), reverse=True))):
-            session.add(WordActivation(unit_id=unit.id, word_list_id=WORD_LIST, rank=rank, word=words[int(w)],
-                                       activation=round(float(activation), 4)))
-        terms = rng.choice(len(texts), size=5, replace=False)
-        for rank, (t, coefficient) in enumerate(zip(terms, sorted(rng.normal(0, 0.3, 5), key=lambda v: -abs(v)))):
-            session.add(Decomposition(unit_id=unit.id, pool_id=TEXT_POOL, rank=rank, text=texts[int(t)],
-                                      coefficient=round(float(coefficient), 5)))
-    if full:
+        if "directions" in kinds:
+            unit.direction_uri = blobs.put(npy(rng.normal(size=embed_dim)), ".npy")
+        if "featureviz" in kinds:
+            session.add(FeatureViz(unit_id=unit.id, kind=kind, variant="", blob_uri=blobs.put(png(pattern(rng)), ".png"),
+                                   final_activation=round(top_value * 1.8, 4), parameters={"steps": 512, "lr": 0.05}))
+            if index < 6:
+                for k in range(4):
+                    session.add(FeatureViz(unit_id=unit.id, kind="diversity", variant=str(k),
+                                           blob_uri=blobs.put(png(pattern(rng, 96)), ".png"), final_activation=None, parameters={}))
+                for facet in FACETS:
+                    session.add(FeatureViz(unit_id=unit.id, kind="facet", variant=facet,
+                                           blob_uri=blobs.put(png(pattern(rng, 96)), ".png"), final_activation=None, parameters={}))
+        if "examples" in kinds:
+            picks = rng.choice(len(images), size=12, replace=False)
+            top = sorted((float(top_value * rng.uniform(0.7, 1.0)) for _ in range(8)), reverse=True)
+            bottom = sorted(float(low_value * rng.uniform(0.7, 1.0)) for _ in range(4))
+            for rank, (activation, pick) in enumerate(zip(top, picks[:8])):
+                position = int(rng.integers(0, grid[0] * grid[1]))
+                crop = _crop(blobs, images[pick], divmod(position, grid[1]), grid) if rank < 4 else None
+                session.add(DatasetExample(unit_id=unit.id, dataset_id=DATASET, sign="top", rank=rank, image_id=images[pick].id,
+                                           activation=round(activation, 5), position=position if layer.spatial else None,
+                                           crop_uri=crop))
+            for rank, (activation, pick) in enumerate(zip(bottom, picks[8:])):
+                session.add(DatasetExample(unit_id=unit.id, dataset_id=DATASET, sign="bottom", rank=rank, image_id=images[pick].id,
+                                           activation=round(activation, 5), position=None, crop_uri=None))
+        if "buckets" in kinds:
+            lows = np.linspace(low_value, top_value, 9)
+            for bucket in range(8):
+                for slot in range(3):
+                    pick = int(rng.integers(0, len(images)))
+                    session.add(BucketSample(unit_id=unit.id, dataset_id=DATASET, bucket=bucket, slot=slot, low=float(lows[bucket]),
+                                             high=float(lows[bucket + 1]), image_id=images[pick].id,
+                                             activation=float(rng.uniform(lows[bucket], lows[bucket + 1]))))
+        if "words" in kinds:
+            chosen = rng.choice(len(words), size=10, replace=False)
+            for rank, (w, activation) in enumerate(zip(chosen, sorted(rng.uniform(0.5, 5.0, 10), reverse=True))):
+                session.add(WordActivation(unit_id=unit.id, word_list_id=WORD_LIST, rank=rank, word=words[int(w)],
+                                           activation=round(float(activation), 4)))
+        if "decomposition" in kinds:
+            terms = rng.choice(len(texts), size=5, replace=False)
+            for rank, (t, coefficient) in enumerate(zip(terms, sorted(rng.normal(0, 0.3, 5), key=lambda v: -abs(v)))):
+                session.add(Decomposition(unit_id=unit.id, pool_id=TEXT_POOL, rank=rank, text=texts[int(t)],
+                                          coefficient=round(float(coefficient), 5)))
+    if "embedding" in kinds:
         matrix = rng.normal(size=(len(words), layer.units)).astype(np.float32)
         mean = matrix.mean(axis=0)
         session.add(WordEmbedding(layer_id=layer.id, word_list_id=WORD_LIST, vectors_uri=blobs.put(npy(matrix - mean), ".npy"),
                                   mean_uri=blobs.put(npy(mean), ".npy")))
     session.flush()
+
+
+def _vocabulary() -> tuple[list[str], list[str]]:
+    from precompute.world import COMMON_WORDS, WORDS
+
+    words = sorted(set(WORDS) | set(COMMON_WORDS))[:300]
+    texts = [f"a photo of {w}" for w in words[:120]] + [f"the word {w}" for w in words[:60]]
+    return words, texts
+
+
+def add_results(
+    database_url: str, blob_url: str, model_id: str, layer_name: str, *, units: int, kinds: frozenset[str] = NOT_FROM_JOBS,
+    seed: int = 0,
+) -> None:
+    """Add the `kinds` of results to the first `units` units of a layer of a registered model:
+    for a store whose other results came from the real precompute jobs."""
+    from precompute.architectures import architecture
+
+    blobs = BlobStore(blob_url)
+    engine = make_engine(database_url)
+    words, texts = _vocabulary()
+    try:
+        with make_sessionmaker(engine)() as session:
+            if "decomposition" in kinds and session.get(TextPool, TEXT_POOL) is None:
+                session.add(TextPool(id=TEXT_POOL, source="toy captions", texts=texts))
+            layer = session.query(Layer).filter(Layer.model_id == model_id, Layer.name == layer_name).one()
+            arch = repository.get_model(session, model_id).arch
+            populate_layer(session, blobs, layer, [], units, np.random.default_rng(seed), architecture(arch).embed_dim, words,
+                           texts, kinds)
+            session.commit()
+    finally:
+        engine.dispose()
 
 
 def populate(
@@ -220,13 +266,11 @@ def populate(
     """Fill a migrated, empty store. `units` per final layer get everything; as many units of
     the layer before get statistics only; every other layer stays empty (not computed)."""
     from precompute.architectures import architecture
-    from precompute.world import COMMON_WORDS, WORDS
 
     blobs = BlobStore(blob_url)
     engine = make_engine(database_url)
     rng = np.random.default_rng(seed)
-    words = sorted(set(WORDS) | set(COMMON_WORDS))[:300]
-    texts = [f"a photo of {w}" for w in words[:120]] + [f"the word {w}" for w in words[:60]]
+    words, texts = _vocabulary()
     result: dict[str, dict[str, Any]] = {}
     try:
         with make_sessionmaker(engine)() as session:
@@ -242,7 +286,7 @@ def populate(
                 embed_dim = architecture(model_id).embed_dim
                 populate_layer(session, blobs, final, dataset_images, n, rng, embed_dim, words, texts)
                 populate_layer(session, blobs, partial, dataset_images, min(units, partial.units), rng, embed_dim, words, texts,
-                               full=False)
+                               frozenset({"statistics"}))
                 result[model_id] = {"layer": final.name, "partial_layer": partial.name, "units": n, "layer_units": final.units}
                 for kind, state, done in (("examples", "done", 1.0), ("featureviz", "running", 0.4), ("words", "pending", 0.0)):
                     job = repository.ensure_job(session, kind, model_id, layer=final.name, dataset_id=DATASET, total_items=images)

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.store import repository
 from app.store.blobs import BlobStore
 from precompute.errors import MicroscopeError
-from precompute.loader import DECODE_ERRORS, decode_image
+from precompute.images import DECODE_ERRORS, decode_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "MPO": ".jpg"}
@@ -238,7 +238,10 @@ def register_dataset(
             flush(session)
         if report.images == 0:
             session.rollback()
-            repository.trim_dataset(session, dataset_id, 0)
+            if existing is None:
+                repository.delete_dataset(session, dataset_id)
+            else:
+                repository.trim_dataset(session, dataset_id, 0)
             session.commit()
             raise MicroscopeError(f"none of the {report.seen} images of {source_uri} could be read")
         repository.trim_dataset(session, dataset_id, report.images)

@@ -99,13 +99,22 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         "logging_level": "ERROR",
         "runtime_env": {"env_vars": {"PYTHONPATH": path}},
     }
-    try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
-    except Exception as error:  # report why Ray could not start, in one line
-        raise MicroscopeError(f"could not start Ray ({address or 'local'}): {str(error).splitlines()[0]}") from None
+    # Ray gives a starting node a fixed 30 s to register; on a starved machine (a busy box, a
+    # niced process) that can run out, and a second try finds warm caches.
+    attempts = max(1, int(os.environ.get("MICROSCOPE_RAY_START_ATTEMPTS", "3")))
+    for attempt in range(1, attempts + 1):
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+            return True
+        except Exception as error:  # report why Ray could not start, in one line
+            ray.shutdown()
+            if attempt == attempts:
+                raise MicroscopeError(
+                    f"could not start Ray ({address or 'local'}) in {attempts} attempts: {str(error).splitlines()[0]}"
+                ) from None
     return True
 
 
@@ -115,6 +124,7 @@ def run_on_ray(
     address: str | None,
     poll: Callable[[], None],
     num_cpus_per_task: float = 1,
+    num_gpus_per_task: float = 0,
 ) -> list[Any]:
     """Run `function(task)` for every task as Ray tasks; `poll()` runs about twice a second
     while they work (progress). Task errors re-raise here, user errors as themselves."""
@@ -122,7 +132,7 @@ def run_on_ray(
 
     started = start_ray(address)
     try:
-        remote = ray.remote(num_cpus=num_cpus_per_task, max_retries=0)(function)
+        remote = ray.remote(num_cpus=num_cpus_per_task, num_gpus=num_gpus_per_task, max_retries=0)(function)
         refs = [remote.remote(task) for task in tasks]
         pending = list(refs)
         while pending:

@@ -541,15 +541,15 @@ def _run_shards(store, sessions, request, layers, items, loaded, calibration, sh
     try:
         if request.engine == "local":
             return [run_shard(task, loaded=loaded, calibration=calibration, progress=progress) for task in tasks]
-        base = already
-        pass_ids = [job_id for job_id in job_ids]
+        # Ray tasks report through the jobs table at every checkpoint; all layers of a shard
+        # advance together, so images done = job items done / layers.
+        start_items = done_items(sessions, job_ids)
 
         def poll() -> None:
-            # Every layer's job of a shard advances together; count images once per shard.
-            progress.set(min(remaining, base + (done_items(sessions, pass_ids) - _done_at_start) // max(1, len(layers))))
+            progress.set(min(remaining, already + (done_items(sessions, job_ids) - start_items) // len(layers)))
 
-        _done_at_start = done_items(sessions, pass_ids)
-        results = run_on_ray(_ray_shard, tasks, request.ray_address, poll)
+        gpus = 1 if str(request.device).startswith("cuda") else 0  # one GPU per shard task
+        results = run_on_ray(_ray_shard, tasks, request.ray_address, poll, num_gpus_per_task=gpus)
         progress.set(remaining)
         return results
     finally:

@@ -127,7 +127,7 @@ def _plan(sessions, states: StateStore, request: WordsRequest, list_id: str, wor
                 f"word list '{list_id}' is stored with other words; pass --list-id to keep both, or --restart to replace it"
             )
         repository.upsert_word_list(session, {
-            "id": list_id, "source": request.source, "words": words, "font": font_file,
+            "id": list_id, "source": request.source, "words": words, "font": _font_label(request.font, font_file),
             "font_size": request.font_size, "image_size": request.image_size,
         })
         for layer in request.layers:
@@ -150,6 +150,17 @@ def _plan(sessions, states: StateStore, request: WordsRequest, list_id: str, wor
             todo[layer] = (job.id, plan)
         session.commit()
     return todo
+
+
+def _font_label(requested: str | None, resolved: str) -> str:
+    """A font file name (portable across machines) unless the user gave a path."""
+    from pathlib import Path
+
+    from precompute.world.fonts import DEFAULT_FONT
+
+    if requested and ("/" in requested or "\\" in requested):
+        return resolved
+    return Path(requested or DEFAULT_FONT).name
 
 
 def _drop_chunks(states: StateStore, job_id: int, meta: dict | None, uri: str | None) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -31,6 +31,7 @@ router = APIRouter(
 
 E404 = {404: {"model": s.ErrorBody, "description": "No such model, layer, unit or collection."}}
 E_AUTH = {
+    400: {"model": s.ErrorBody, "description": "A body that cannot be parsed (not JSON)."},
     401: {"model": s.ErrorBody, "description": "No token, or an unknown or revoked one."},
     403: {"model": s.ErrorBody, "description": "Not allowed (another author's note, or a missing CSRF header)."},
 }
@@ -40,6 +41,9 @@ E_LIVE = {
 }
 
 Page = Query(1, ge=1, le=100_000, description="1-based page number.")
+MAX_ID = 2**31 - 1  # INTEGER columns on both backends
+UnitIndex = Annotated[int, Path(ge=0, le=MAX_ID, description="The unit's index in its layer.")]
+AnnotationId = Annotated[int, Path(ge=1, le=MAX_ID)]
 PerPage = Query(data.DEFAULT_PER_PAGE, ge=1, le=data.MAX_PER_PAGE, description="Items per page.")
 
 
@@ -89,7 +93,15 @@ class NDJSONResponse(StreamingResponse):
     "/models/{model_id}/{layer}/export",
     tags=["models"],
     response_class=NDJSONResponse,
-    responses={**E404, 200: {"description": "One JSON object per unit and line, in index order."}},
+    responses={
+        200: {"description": "One JSON object per unit and line, in index order."},
+        # Refusals are JSON like everywhere else, not JSON Lines: documented by hand, since a
+        # `model` here would be listed under the route's own media type.
+        404: {"description": "No such model or layer.",
+              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}},
+        422: {"description": "Invalid parameters.",
+              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/UnprocessableBody"}}}},
+    },
     summary="The whole layer as JSON Lines (bulk export)",
 )
 def export_layer(model_id: str, layer: str, request: Request, session: Session = Depends(get_session)) -> NDJSONResponse:
@@ -117,8 +129,9 @@ def get_layer(
 
 @router.get("/models/{model_id}/{layer}/{unit}", response_model=s.UnitPage, responses=E404, tags=["units"],
             summary="Everything known about one unit")
-def get_unit(model_id: str, layer: str, unit: int, request: Request, session: Session = Depends(get_session)) -> Any:
-    return _json(data.unit_page(session, request.app.state.vectors, model_id, layer, unit, base(request)))
+def get_unit(model_id: str, layer: str, unit: UnitIndex, request: Request, session: Session = Depends(get_session)) -> Any:
+    page = data.unit_page(session, request.app.state.vectors, model_id, layer, unit, base(request), request.app.state.unit_cache)
+    return _json(page)
 
 
 # -- search and words ----------------------------------------------------------------------------
@@ -204,7 +217,7 @@ def probe(
     layer: str | None = Form(None, max_length=256),
     top_k: int = Form(12, ge=1, le=64),
     dataset: str | None = Form(None, max_length=128),
-    position: int | None = Form(None, ge=0),
+    position: int | None = Form(None, ge=0, le=MAX_ID),
     file: UploadFile | None = File(None, description="PNG, JPEG, GIF, WebP or BMP."),
     session: Session = Depends(get_session),
 ) -> Any:
@@ -212,11 +225,21 @@ def probe(
 
 
 # -- writes --------------------------------------------------------------------------------------
-def _unit_id(session: Session, model_id: str, layer: str, index: int) -> int:
+def _unit_row(session: Session, model_id: str, layer: str, index: int) -> dict[str, Any]:
     row = queries.unit_core(session, model_id, layer, index)
     if row is None:
         raise data.NotFound("unknown-unit", f"No unit {model_id}/{layer}/{index}.")
-    return row["id"]
+    return row
+
+
+def _unit_id(session: Session, model_id: str, layer: str, index: int) -> int:
+    return _unit_row(session, model_id, layer, index)["id"]
+
+
+def relabelled(request: Request, layer_id: int) -> None:
+    """Unit pages of the layer list their neighbours' labels: let them read the new one."""
+    if request.app.state.unit_cache is not None:
+        request.app.state.unit_cache.invalidate(("unit", layer_id))
 
 
 def _collection(session: Session, collection_id: str) -> Collection:
@@ -228,28 +251,31 @@ def _collection(session: Session, collection_id: str) -> Collection:
 
 @router.put("/models/{model_id}/{layer}/{unit}/label", response_model=s.LabelOut, responses={**E404, **E_AUTH},
             tags=["writes"], summary="Set a unit's label (kept in its history)")
-def put_label(model_id: str, layer: str, unit: int, body: s.TextIn, request: Request,
+def put_label(model_id: str, layer: str, unit: UnitIndex, body: s.TextIn, request: Request,
               writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
-    unit_id = _unit_id(session, model_id, layer, unit)
-    row = annotations.set_label(session, unit_id, body.text, writer.name)
+    target = _unit_row(session, model_id, layer, unit)
+    row = annotations.set_label(session, target["id"], body.text, writer.name)
     session.commit()
+    relabelled(request, target["layer_id"])
     links = data.unit_links(base(request), model_id, layer, unit)
     return {"unit": f"{model_id}/{layer}/{unit}", "label": row.text, "annotation": annotations.as_dict(row), "url": links["url"]}
 
 
 @router.delete("/models/{model_id}/{layer}/{unit}/label", response_model=s.LabelOut, responses={**E404, **E_AUTH},
                tags=["writes"], summary="Remove a unit's current label (its history stays)")
-def delete_label(model_id: str, layer: str, unit: int, request: Request,
+def delete_label(model_id: str, layer: str, unit: UnitIndex, request: Request,
                  writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
-    annotations.clear_label(session, _unit_id(session, model_id, layer, unit))
+    target = _unit_row(session, model_id, layer, unit)
+    annotations.clear_label(session, target["id"])
     session.commit()
+    relabelled(request, target["layer_id"])
     links = data.unit_links(base(request), model_id, layer, unit)
     return {"unit": f"{model_id}/{layer}/{unit}", "label": None, "annotation": None, "url": links["url"]}
 
 
 @router.post("/models/{model_id}/{layer}/{unit}/notes", response_model=s.AnnotationOut, status_code=201,
              responses={**E404, **E_AUTH}, tags=["writes"], summary="Add a note to a unit")
-def post_note(model_id: str, layer: str, unit: int, body: s.TextIn, writer: auth.Writer = Depends(auth.api_writer),
+def post_note(model_id: str, layer: str, unit: UnitIndex, body: s.TextIn, writer: auth.Writer = Depends(auth.api_writer),
               session: Session = Depends(get_session)) -> Any:
     row = annotations.add_note(session, _unit_id(session, model_id, layer, unit), body.text, writer.name)
     session.commit()
@@ -258,7 +284,7 @@ def post_note(model_id: str, layer: str, unit: int, body: s.TextIn, writer: auth
 
 @router.patch("/annotations/{annotation_id}", response_model=s.AnnotationOut, responses={**E404, **E_AUTH},
               tags=["writes"], summary="Edit your note")
-def patch_note(annotation_id: int, body: s.TextIn, writer: auth.Writer = Depends(auth.api_writer),
+def patch_note(annotation_id: AnnotationId, body: s.TextIn, writer: auth.Writer = Depends(auth.api_writer),
                session: Session = Depends(get_session)) -> Any:
     row = annotations.get_annotation(session, annotation_id)
     if row is None:
@@ -270,7 +296,7 @@ def patch_note(annotation_id: int, body: s.TextIn, writer: auth.Writer = Depends
 
 @router.delete("/annotations/{annotation_id}", response_model=s.Deleted, responses={**E404, **E_AUTH},
                tags=["writes"], summary="Delete your note")
-def delete_note(annotation_id: int, writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
+def delete_note(annotation_id: AnnotationId, writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
     row = annotations.get_annotation(session, annotation_id)
     if row is None:
         raise data.NotFound("unknown-annotation", f"No annotation {annotation_id}.")
@@ -319,7 +345,7 @@ def post_collection_unit(collection_id: str, body: s.CollectionUnitIn, request: 
 
 @router.delete("/collections/{collection_id}/units/{model_id}/{layer}/{unit}", response_model=s.CollectionDetail,
                responses={**E404, **E_AUTH}, tags=["writes"], summary="Remove a unit from a collection")
-def delete_collection_unit(collection_id: str, model_id: str, layer: str, unit: int, request: Request,
+def delete_collection_unit(collection_id: str, model_id: str, layer: str, unit: UnitIndex, request: Request,
                            writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
     collection = _collection(session, collection_id)
     annotations.remove_from_collection(session, collection, _unit_id(session, model_id, layer, unit))

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.store import queries
 from app.store.blobs import BlobStore
+from app.cache import TTLCache
 from app.svg import normalise_histogram
 from app.vectors import VectorCache
 
@@ -411,25 +412,44 @@ def nearest_units(
     return {"basis": basis, "explanation": explanation, "units": units}
 
 
-def unit_page(
-    session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, base: str = ""
+def _unit_results(
+    session: Session, cache: VectorCache, unit: dict[str, Any], spatial: list[int] | None, model_id: str, layer_name: str,
+    base: str,
 ) -> dict[str, Any]:
+    """What the precompute jobs wrote about a unit: everything on its page that nobody edits."""
+    uid = unit["id"]
+    return {
+        "featureviz": _featureviz(queries.featureviz_of(session, uid), base),
+        "examples": _examples(queries.examples_of(session, uid), spatial, base),
+        "buckets": _buckets(queries.buckets_of(session, uid), base),
+        "words": _grouped(queries.words_of(session, uid), "word_list_id", "word_list", "words", ("rank", "word", "activation")),
+        "decomposition": _grouped(
+            queries.decomposition_of(session, uid), "pool_id", "pool", "terms", ("rank", "text", "coefficient")
+        ),
+        "nearest": nearest_units(session, cache, unit["layer_id"], unit, model_id, layer_name, base),
+    }
+
+
+def unit_page(
+    session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, base: str = "",
+    results: TTLCache | None = None,
+) -> dict[str, Any]:
+    """The unit page. With `results`, what the jobs wrote (visualizations, examples, words,
+    decompositions, neighbours) is reused for the cache's lifetime; the unit row (label,
+    statistics), its notes and its collections are read on every view."""
     unit = queries.unit_core(session, model_id, layer_name, index)
     if unit is None:
         _require_model(session, model_id)
         layer = _require_layer(session, model_id, layer_name)
         raise NotFound("unknown-unit", f"Layer {layer_name!r} of {model_id!r} has units 0 to {layer['units'] - 1}; there is no unit {index}.")
-    layer = queries.layer_row(session, model_id, layer_name)
-    assert layer is not None
-    spatial = [layer["spatial_h"], layer["spatial_w"]] if layer["spatial_h"] is not None else None
+    spatial = [unit["spatial_h"], unit["spatial_w"]] if unit["spatial_h"] is not None else None
+
+    def load() -> dict[str, Any]:
+        return _unit_results(session, cache, unit, spatial, model_id, layer_name, base)
+
+    key = ("unit", unit["layer_id"], unit["id"], unit["direction_uri"], base)
+    parts = results.get(key, load) if results is not None else load()
     uid = unit["id"]
-    featureviz = _featureviz(queries.featureviz_of(session, uid), base)
-    examples = _examples(queries.examples_of(session, uid), spatial, base)
-    buckets = _buckets(queries.buckets_of(session, uid), base)
-    words = _grouped(queries.words_of(session, uid), "word_list_id", "word_list", "words", ("rank", "word", "activation"))
-    decomposition = _grouped(
-        queries.decomposition_of(session, uid), "pool_id", "pool", "terms", ("rank", "text", "coefficient")
-    )
     notes = [
         {**row, "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"])} for row in queries.annotations_of(session, uid)
     ]
@@ -437,24 +457,17 @@ def unit_page(
         {"id": c["id"], "title": c["title"], "url": f"{base}/collections/{c['id']}", "api_url": f"{base}{API_PREFIX}/collections/{c['id']}"}
         for c in queries.collections_of(session, uid)
     ]
-    nearest = nearest_units(session, cache, layer["id"], unit, model_id, layer_name, base)
     histogram = normalise_histogram(unit["histogram"])
-    missing = []
-    if not featureviz["main"]:
-        missing.append("feature visualization")
-    if not examples:
-        missing.append("dataset examples")
-    if histogram is None:
-        missing.append("activation histogram")
-    if not buckets:
-        missing.append("conditional-probability samples")
-    if not words:
-        missing.append("rastered words")
-    if not decomposition:
-        missing.append("text decomposition")
-    if not unit["direction_uri"]:
-        missing.append("second-order direction")
-    units = layer["units"]
+    present = {
+        "feature visualization": parts["featureviz"]["main"],
+        "dataset examples": parts["examples"],
+        "activation histogram": histogram,
+        "conditional-probability samples": parts["buckets"],
+        "rastered words": parts["words"],
+        "text decomposition": parts["decomposition"],
+        "second-order direction": unit["direction_uri"],
+    }
+    units = unit["layer_units"]
     prev_unit = unit_links(base, model_id, layer_name, index - 1) | {"index": index - 1} if index > 0 else None
     next_unit = unit_links(base, model_id, layer_name, index + 1) | {"index": index + 1} if index + 1 < units else None
     return {
@@ -462,7 +475,7 @@ def unit_page(
         "model": {"id": model_id, "url": f"{base}/models/{model_id}", "api_url": f"{base}{API_PREFIX}/models/{model_id}"},
         "layer": {
             "name": layer_name,
-            "kind": layer["kind"],
+            "kind": unit["layer_kind"],
             "units": units,
             "spatial": spatial,
             "url": f"{base}/models/{model_id}/{layer_name}",
@@ -472,18 +485,13 @@ def unit_page(
         "label": unit["label"],
         "stats": _stats(unit),
         "histogram": histogram,
-        "featureviz": featureviz,
-        "examples": examples,
-        "buckets": buckets,
-        "words": words,
-        "decomposition": decomposition,
+        **parts,
         "has_direction": unit["direction_uri"] is not None,
-        "nearest": nearest,
         "annotations": notes,
         "collections": collections,
         "prev": prev_unit,
         "next": next_unit,
-        "missing": missing,
+        "missing": [name for name, value in present.items() if not value],
         **unit_links(base, model_id, layer_name, index),
     }
 
@@ -824,7 +832,7 @@ def probe_form(
     layers = queries.layers_of(session, [m["id"] for m in models])
     for m in models:
         names = [l["name"] for l in layers.get(m["id"], [])]
-        default = _default_layer(layers.get(m["id"], []))
+        default = default_layer(layers.get(m["id"], []))
         choices.append({"id": m["id"], "arch": m["arch"], "layers": names, "default_layer": default})
     chosen_model = model_id or (choices[0]["id"] if choices else None)
     chosen_layer = layer or next((c["default_layer"] for c in choices if c["id"] == chosen_model), None)
@@ -851,7 +859,7 @@ def probe_form(
     }
 
 
-def _default_layer(layers: list[dict[str, Any]]) -> str | None:
+def default_layer(layers: list[dict[str, Any]]) -> str | None:
     """The layer Microscope catalogues: layer4 for ResNets, the last MLP for ViTs."""
     names = [l["name"] for l in layers]
     if "layer4" in names:

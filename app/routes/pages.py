@@ -7,15 +7,17 @@ cookie and the CSRF token the page embedded (see app.auth).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from app import auth, live
+from app.ratelimit import limit_live
 from app.routes import data
+from app.routes.api import relabelled
 from app.store import annotations, queries
 from app.store.models import Collection
 from app.store.session import get_session
@@ -23,6 +25,8 @@ from app.store.session import get_session
 router = APIRouter(include_in_schema=False)
 
 Page = Query(1, ge=1, le=100_000)
+MAX_ID = 2**31 - 1  # INTEGER columns on both backends
+UnitIndex = Annotated[int, Path(ge=0, le=MAX_ID)]
 PerPage = Query(data.DEFAULT_PER_PAGE, ge=1, le=data.MAX_PER_PAGE)
 COOKIE_AGE = 60 * 60 * 24 * 30
 
@@ -96,8 +100,8 @@ def layer_page(model_id: str, layer: str, request: Request, sort: str = Query("i
 
 
 @router.get("/models/{model_id}/{layer}/{unit}", response_class=HTMLResponse)
-def unit_page(model_id: str, layer: str, unit: int, request: Request, session: Session = Depends(get_session)) -> HTMLResponse:
-    payload = data.unit_page(session, request.app.state.vectors, model_id, layer, unit, base(request))
+def unit_page(model_id: str, layer: str, unit: UnitIndex, request: Request, session: Session = Depends(get_session)) -> HTMLResponse:
+    payload = data.unit_page(session, request.app.state.vectors, model_id, layer, unit, base(request), request.app.state.unit_cache)
     user = auth.page_user(request, session)
     collections = queries.collections_page(session, 0, 200) if user else []
     return render(request, "unit.html", payload, payload["api_url"], session=session, user=user, my_collections=collections,
@@ -116,7 +120,7 @@ def search_page(
     if prompt.strip():
         if not model:
             raise data.BadQuery("model-required", "choose a model to search by text prompt")
-        request.app.state.rate_limiter.hit("live", request.client.host if request.client else "unknown")
+        limit_live(request)
         prompt_result = live.prompt_search(request, session, text=prompt, model_id=model, layer=layer or None, k=24)
         json_url = data.url(base(request), f"{data.API_PREFIX}/search/prompt", text=prompt.strip(), model=model, layer=layer)
     return render(request, "search.html", payload, json_url, session=session, prompt=prompt.strip(), prompt_result=prompt_result)
@@ -170,10 +174,10 @@ def probe_page(
 def probe_submit(
     request: Request, model: str = Form(..., max_length=128), layer: str | None = Form(None, max_length=256),
     top_k: int = Form(12, ge=1, le=64), dataset: str | None = Form(None, max_length=128),
-    position: int | None = Form(None, ge=0), file: UploadFile | None = File(None), session: Session = Depends(get_session),
+    position: int | None = Form(None, ge=0, le=MAX_ID), file: UploadFile | None = File(None), session: Session = Depends(get_session),
 ) -> HTMLResponse:
     # Probing writes nothing, so it needs no login or CSRF token; it is rate limited instead.
-    request.app.state.rate_limiter.hit("live", request.client.host if request.client else "unknown")
+    limit_live(request)
     result = live.probe(request, session, model_id=model, layer=layer or None, top_k=top_k, upload=file, dataset=dataset or None,
                         position=position)
     form = data.probe_form(session, base(request), model_id=model, layer=result["layer"], dataset=dataset or None,
@@ -223,20 +227,23 @@ def _unit(session: Session, model_id: str, layer: str, index: int) -> int:
 
 
 @router.post("/models/{model_id}/{layer}/{unit}/label")
-def label_submit(model_id: str, layer: str, unit: int, request: Request, text: str = Form("", max_length=2000),
+def label_submit(model_id: str, layer: str, unit: UnitIndex, request: Request, text: str = Form("", max_length=2000),
                  csrf_token: str = Form("", max_length=200), session: Session = Depends(get_session)) -> Response:
     writer = auth.form_writer(request, session, csrf_token)
-    unit_id = _unit(session, model_id, layer, unit)
+    target = queries.unit_core(session, model_id, layer, unit)
+    if target is None:
+        raise data.NotFound("unknown-unit", f"No unit {model_id}/{layer}/{unit}.")
     if text.strip():
-        annotations.set_label(session, unit_id, text, writer.name)
+        annotations.set_label(session, target["id"], text, writer.name)
     else:
-        annotations.clear_label(session, unit_id)
+        annotations.clear_label(session, target["id"])
     session.commit()
+    relabelled(request, target["layer_id"])
     return back_to(f"{base(request)}{data.unit_path(model_id, layer, unit)}", saved="label")
 
 
 @router.post("/models/{model_id}/{layer}/{unit}/notes")
-def note_submit(model_id: str, layer: str, unit: int, request: Request, text: str = Form("", max_length=2000),
+def note_submit(model_id: str, layer: str, unit: UnitIndex, request: Request, text: str = Form("", max_length=2000),
                 csrf_token: str = Form("", max_length=200), session: Session = Depends(get_session)) -> Response:
     writer = auth.form_writer(request, session, csrf_token)
     annotations.add_note(session, _unit(session, model_id, layer, unit), text, writer.name)
@@ -245,7 +252,7 @@ def note_submit(model_id: str, layer: str, unit: int, request: Request, text: st
 
 
 @router.post("/annotations/{annotation_id}/delete")
-def note_delete(annotation_id: int, request: Request, csrf_token: str = Form("", max_length=200),
+def note_delete(annotation_id: Annotated[int, Path(ge=1, le=MAX_ID)], request: Request, csrf_token: str = Form("", max_length=200),
                 next: str = Form("", max_length=500), session: Session = Depends(get_session)) -> Response:
     writer = auth.form_writer(request, session, csrf_token)
     row = annotations.get_annotation(session, annotation_id)
@@ -258,7 +265,7 @@ def note_delete(annotation_id: int, request: Request, csrf_token: str = Form("",
 
 @router.post("/models/{model_id}/{layer}/{unit}/collections")
 def collect_submit(
-    model_id: str, layer: str, unit: int, request: Request, collection: str = Form("", max_length=64),
+    model_id: str, layer: str, unit: UnitIndex, request: Request, collection: str = Form("", max_length=64),
     new_id: str = Form("", max_length=64), new_title: str = Form("", max_length=200), note: str = Form("", max_length=2000),
     csrf_token: str = Form("", max_length=200), session: Session = Depends(get_session),
 ) -> Response:
@@ -302,7 +309,7 @@ def collection_edit(collection_id: str, request: Request, title: str = Form("", 
 
 @router.post("/collections/{collection_id}/remove")
 def collection_remove(collection_id: str, request: Request, model: str = Form(..., max_length=128),
-                      layer: str = Form(..., max_length=256), index: int = Form(..., ge=0),
+                      layer: str = Form(..., max_length=256), index: int = Form(..., ge=0, le=MAX_ID),
                       csrf_token: str = Form("", max_length=200), session: Session = Depends(get_session)) -> Response:
     auth.form_writer(request, session, csrf_token)
     row = session.get(Collection, collection_id)

@@ -140,6 +140,8 @@ class Stats(BaseModel):
 class Histogram(BaseModel):
     edges: list[float] = Field(description="Bin edges, one more than counts.")
     counts: list[float]
+    underflow: float | None = Field(None, description="Values below the first edge, where counted.")
+    overflow: float | None = Field(None, description="Values above the last edge, where counted.")
 
 
 class FeatureVizImage(BaseModel):
@@ -540,7 +542,7 @@ class CollectionPatch(BaseModel):
 class CollectionUnitIn(BaseModel):
     model: str = Field(min_length=1, max_length=128)
     layer: str = Field(min_length=1, max_length=256)
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=2**31 - 1)
     note: str = Field("", max_length=2000)
 
 

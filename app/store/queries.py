@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy import and_, bindparam, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from app.store.models import (
@@ -167,26 +167,35 @@ def count_layer_units(session: Session, layer_id: int) -> int:
     return session.execute(select(func.count(Unit.id)).where(Unit.layer_id == layer_id)).scalar_one()
 
 
-def unit_core(session: Session, model_id: str, layer_name: str, index: int) -> dict[str, Any] | None:
-    """The unit row with its layer, in one query."""
-    stmt = (
-        select(
-            Unit.id,
-            Unit.index,
-            Unit.label,
-            Unit.mean,
-            Unit.std,
-            Unit.min,
-            Unit.max,
-            Unit.fraction_active,
-            Unit.histogram,
-            Unit.direction_uri,
-            Unit.layer_id,
-        )
-        .join(Layer, Layer.id == Unit.layer_id)
-        .where(Layer.model_id == model_id, Layer.name == layer_name, Unit.index == index)
+_UNIT_CORE = (
+    select(
+        Unit.id,
+        Unit.index,
+        Unit.label,
+        Unit.mean,
+        Unit.std,
+        Unit.min,
+        Unit.max,
+        Unit.fraction_active,
+        Unit.histogram,
+        Unit.direction_uri,
+        Unit.layer_id,
+        Layer.kind.label("layer_kind"),
+        Layer.units.label("layer_units"),
+        Layer.spatial_h,
+        Layer.spatial_w,
     )
-    row = session.execute(stmt).mappings().first()
+    .join(Layer, Layer.id == Unit.layer_id)
+    .where(
+        Layer.model_id == bindparam("model_id"), Layer.name == bindparam("layer_name"), Unit.index == bindparam("index")
+    )
+)
+
+
+def unit_core(session: Session, model_id: str, layer_name: str, index: int) -> dict[str, Any] | None:
+    """The unit row with what the unit page needs of its layer, in one query (built once:
+    the unit page runs it on every view)."""
+    row = session.execute(_UNIT_CORE, {"model_id": model_id, "layer_name": layer_name, "index": index}).mappings().first()
     return dict(row) if row else None
 
 
@@ -321,25 +330,26 @@ def decomposition_of(session: Session, unit_id: int) -> list[dict[str, Any]]:
     return _rows(session, stmt)
 
 
+# Read on every unit page view: built once, executed with the unit's id.
+_ANNOTATIONS_OF = (
+    select(Annotation.id, Annotation.kind, Annotation.text, Annotation.author, Annotation.created_at, Annotation.updated_at)
+    .where(Annotation.unit_id == bindparam("unit_id"))
+    .order_by(Annotation.created_at.desc(), Annotation.id.desc())
+)
+_COLLECTIONS_OF = (
+    select(Collection.id, Collection.title)
+    .join(CollectionUnit, CollectionUnit.collection_id == Collection.id)
+    .where(CollectionUnit.unit_id == bindparam("unit_id"))
+    .order_by(Collection.title)
+)
+
+
 def annotations_of(session: Session, unit_id: int) -> list[dict[str, Any]]:
-    stmt = (
-        select(
-            Annotation.id, Annotation.kind, Annotation.text, Annotation.author, Annotation.created_at, Annotation.updated_at
-        )
-        .where(Annotation.unit_id == unit_id)
-        .order_by(Annotation.created_at.desc(), Annotation.id.desc())
-    )
-    return _rows(session, stmt)
+    return [dict(row) for row in session.execute(_ANNOTATIONS_OF, {"unit_id": unit_id}).mappings()]
 
 
 def collections_of(session: Session, unit_id: int) -> list[dict[str, Any]]:
-    stmt = (
-        select(Collection.id, Collection.title)
-        .join(CollectionUnit, CollectionUnit.collection_id == Collection.id)
-        .where(CollectionUnit.unit_id == unit_id)
-        .order_by(Collection.title)
-    )
-    return _rows(session, stmt)
+    return [dict(row) for row in session.execute(_COLLECTIONS_OF, {"unit_id": unit_id}).mappings()]
 
 
 def layer_directions(session: Session, layer_id: int) -> list[tuple[int, int, str]]:
@@ -350,6 +360,13 @@ def layer_directions(session: Session, layer_id: int) -> list[tuple[int, int, st
         .order_by(Unit.index)
     )
     return [tuple(row) for row in session.execute(stmt).all()]  # type: ignore[misc]
+
+
+def any_directions(session: Session, layer_ids: Sequence[int]) -> bool:
+    if not layer_ids:
+        return False
+    stmt = select(Unit.id).where(Unit.layer_id.in_(layer_ids), Unit.direction_uri.is_not(None)).limit(1)
+    return session.execute(stmt).first() is not None
 
 
 def layer_decompositions(session: Session, layer_id: int) -> list[tuple[int, str, float]]:

@@ -379,6 +379,12 @@ def trim_dataset(session: Session, dataset_id: str, count: int) -> None:
     session.flush()
 
 
+def delete_dataset(session: Session, dataset_id: str) -> None:
+    """Remove a dataset with its memberships and results (images stay: others may use them)."""
+    session.execute(delete(Dataset).where(Dataset.id == dataset_id))
+    session.expire_all()
+
+
 def dataset_items(
     session: Session, dataset_id: str, start: int = 0, stop: int | None = None
 ) -> list[tuple[int, int, str, str]]:

@@ -37,7 +37,7 @@ class Node:
                 continue
             ok = True
             for key, want in attrs.items():
-                name = key.replace("_", "-")
+                name = "class" if key == "class_" else key.replace("_", "-")
                 if want is True:
                     ok = name in node.attrs
                 else:

@@ -214,7 +214,8 @@ def test_not_found(web: TestClient) -> None:
         page = web.get(path)
         assert page.status_code == 404 and "text/html" in page.headers["content-type"]
         assert parse(page.text).one("p", data_reason=reason)
-    assert web.get("/api/v1/models/toy-rn/layer4/-1").status_code == 404
+    assert web.get("/api/v1/models/toy-rn/layer4/-1").status_code == 422
+    assert web.get(f"/api/v1/models/toy-rn/layer4/{2**40}").status_code == 422
     assert web.get("/api/v1/nothing/here").json() == {"detail": "Not Found", "reason": "not-found"}
 
 

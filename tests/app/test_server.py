@@ -106,7 +106,9 @@ def test_index_html_matches_json(client: TestClient, app_settings: Settings) -> 
 
 
 def test_empty_index(client: TestClient) -> None:
-    assert client.get("/api/v1/models").json() == {"models": [], "count": 0, "api_url": "/api/v1/models"}
+    body = client.get("/api/v1/models").json()
+    assert {k: body[k] for k in ("models", "count", "api_url")} == {"models": [], "count": 0, "api_url": "/api/v1/models"}
+    assert body["pagination"]["total"] == 0 and body["pagination"]["next_url"] is None
     assert "No models registered yet" in client.get("/").text
 
 

@@ -1,0 +1,240 @@
+"""Live features: the probe's answer against a direct computation, the text-prompt search
+against a direct ranking, rate limits (429 + Retry-After), and the model service's bounded,
+batching queue (503 + Retry-After when full)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.model_service import LiveError, ModelService, ServiceBusy
+from app.server import create_app
+from app.store.blobs import BlobStore
+from app.uploads import UploadLimits, decode_image
+from tests.app.conftest import Store
+from tests.app.html import parse
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def scene() -> Image.Image:
+    from precompute.world import generate
+
+    return generate(7, 3).image.resize((150, 120))
+
+
+def test_probe_matches_a_direct_forward_pass(sqlite_web: TestClient, sqlite_store: Store) -> None:
+    from app.store.session import make_engine, make_sessionmaker
+    from precompute.capture import capture, spatial_maps, unit_maxima
+    from workers.models import load_registered
+
+    data = png(scene())
+    r = sqlite_web.post("/api/v1/probe", data={"model": "toy-vit", "top_k": "8"}, files={"file": ("scene.png", data, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    layer = sqlite_store.populated.models["toy-vit"]["layer"]
+    assert body["layer"] == layer and body["spatial"] == [8, 8] and body["unit_count"] == 512
+    assert body["input"]["width"] == 150 and body["input"]["model_view"].startswith("data:image/png;base64,")
+
+    engine = make_engine(sqlite_store.database_url)
+    with make_sessionmaker(engine)() as session:
+        loaded = load_registered(session, "toy-vit")  # the model the server loads: trained or seeded random
+    engine.dispose()
+    image = decode_image(data, UploadLimits()).image
+    activation = capture(loaded, loaded.preprocess(image).unsqueeze(0), [layer])[layer]
+    spec = loaded.spec.layer(layer)
+    values, positions = unit_maxima(activation, spec)
+    maps = spatial_maps(activation, spec)
+    top = torch.topk(values[0], 8)
+    assert [u["index"] for u in body["units"]] == top.indices.tolist()
+    assert [u["activation"] for u in body["units"]] == pytest.approx(top.values.tolist(), abs=1e-4)
+    first = body["units"][0]
+    assert first["position"] == int(positions[0, first["index"]])
+    assert np.allclose(first["map"], maps[0, first["index"]].numpy(), atol=1e-4)
+    assert first["map_max"] == pytest.approx(first["activation"], abs=1e-4)
+    assert first["cell"]["row"] * 8 + first["cell"]["col"] == first["position"]
+    assert first["url"] == f"/models/toy-vit/{layer}/{first['index']}"
+
+
+def test_probe_page_with_a_dataset_image(sqlite_web: TestClient, sqlite_store: Store) -> None:
+    r = sqlite_web.post("/probe", data={"model": "toy-rn", "layer": "layer4", "dataset": "synthetic-world", "position": "5"})
+    assert r.status_code == 200, r.text[:300]
+    doc = parse(r.text)
+    section = doc.one("section", id="probe-result")
+    cards = section.find_all("a", data_unit=True)
+    assert len(cards) == 12
+    api = sqlite_web.post("/api/v1/probe", data={"model": "toy-rn", "dataset": "synthetic-world", "position": "5"}).json()
+    assert [int(c["data-unit"]) for c in cards] == [u["index"] for u in api["units"]]
+    assert all(c.find("svg") is not None for c in cards)  # the spatial map drawn over the image
+    assert api["input"]["source"] == "dataset" and api["input"]["position"] == 5
+    missing = sqlite_web.post("/api/v1/probe", data={"model": "toy-rn", "dataset": "synthetic-world", "position": "999"})
+    assert missing.status_code == 404
+    nothing = sqlite_web.post("/api/v1/probe", data={"model": "toy-rn"})
+    assert nothing.status_code == 400 and nothing.json()["reason"] == "no-image"
+    assert sqlite_web.post("/api/v1/probe", data={"model": "nope", "dataset": "synthetic-world", "position": "1"}).status_code == 404
+    assert sqlite_web.post("/api/v1/probe", data={"model": "toy-rn", "layer": "layer9", "dataset": "synthetic-world",
+                                                  "position": "1"}).status_code == 404
+
+
+def test_live_endpoints_are_rate_limited(sqlite_store: Store) -> None:
+    settings = sqlite_store.settings(live_rate_limit="3/minute")
+    with TestClient(create_app(settings)) as client:
+        form = {"model": "toy-rn", "dataset": "synthetic-world", "position": "1", "top_k": "2"}
+        statuses = [client.post("/api/v1/probe", data=form).status_code for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        refused = client.post("/api/v1/probe", data=form)
+        assert refused.status_code == 429 and refused.json()["reason"] == "rate-limited"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        # The same budget covers the page, the prompt search, and refuses with an HTML page there.
+        page = client.post("/probe", data=form)
+        assert page.status_code == 429 and "text/html" in page.headers["content-type"] and "retry-after" in page.headers
+        assert client.get("/api/v1/search/prompt?text=red&model=toy-rn").status_code == 429
+        # Reading pages is never limited.
+        assert all(client.get("/api/v1/models/toy-rn/layer4/0").status_code == 200 for _ in range(5))
+
+
+def test_model_service_queue_is_bounded_and_batches() -> None:
+    gate = threading.Event()
+    loads: list[str] = []
+
+    def load(model_id: str) -> SimpleNamespace:
+        loads.append(model_id)
+        gate.wait(10)  # the first request holds the worker until the test opens the gate
+        raise LiveError(422, "fake", "fake model")
+
+    service = ModelService(load, max_queue=3, retry_after=7)
+    try:
+        first = service.submit("text", "m", None, "a")
+        time.sleep(0.5)  # the worker has taken `first` and is loading
+        queued = [service.submit("text", "m", None, str(i)) for i in range(3)]
+        with pytest.raises(ServiceBusy) as busy:
+            service.submit("text", "m", None, "overflow")
+        assert busy.value.retry_after == 7
+        gate.set()
+        for future in [first, *queued]:
+            with pytest.raises(LiveError):
+                future.result(10)
+        # The three queued requests were answered as one batch: one more load, not three.
+        assert loads == ["m", "m"]
+    finally:
+        service.close()
+
+
+def test_busy_model_service_answers_503_with_retry_after(sqlite_store: Store) -> None:
+    app = create_app(sqlite_store.settings())
+
+    def busy(*_args, **_kwargs):
+        raise ServiceBusy(9)
+
+    app.state.model_service.submit = busy
+    with TestClient(app) as client:
+        r = client.post("/api/v1/probe", data={"model": "toy-rn", "dataset": "synthetic-world", "position": "1"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "9" and r.json()["reason"] == "busy"
+
+
+def test_concurrent_probes_share_forward_passes(sqlite_store: Store) -> None:
+    with TestClient(create_app(sqlite_store.settings())) as client:
+        form = {"model": "toy-rn", "dataset": "synthetic-world", "top_k": "3"}
+        client.post("/api/v1/probe", data={**form, "position": "0"})  # load the model first
+        service = client.app.state.model_service
+        before = service.batches_run
+        results: list[int] = []
+
+        def one(position: int) -> None:
+            results.append(client.post("/api/v1/probe", data={**form, "position": str(position)}).status_code)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [200] * 8
+        assert service.batches_run - before <= 8  # never more passes than requests; usually fewer
+
+
+# -- text-prompt search on a model with a tokenizer ------------------------------------------------
+@pytest.fixture(scope="module")
+def text_model(sqlite_store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A toy-rn checkpoint that carries a vocabulary (random weights), registered as `toy-text`,
+    with directions stored for ten units of its final layer."""
+    import open_clip
+
+    from app.store.models import Layer, Unit
+    from app.store.session import make_engine, make_sessionmaker
+    from precompute.checkpoints import META_VOCAB, write_checkpoint
+    from precompute.registry import load_model
+    from precompute.world import caption_vocabulary
+    from workers.models import register
+
+    path: Path = tmp_path_factory.mktemp("text-model") / "toy-text.safetensors"
+    torch.manual_seed(1)
+    write_checkpoint(open_clip.create_model("toy-rn", pretrained=None), path, {META_VOCAB: json.dumps(caption_vocabulary())})
+    loaded = load_model("toy-text", "toy-rn", checkpoint=path)
+    blobs = BlobStore(sqlite_store.blob_url)
+    rng = np.random.default_rng(3)
+    directions = rng.normal(size=(10, 128)).astype(np.float32)
+    engine = make_engine(sqlite_store.database_url)
+    with make_sessionmaker(engine)() as session:
+        register(session, loaded, "text test model")
+        units = session.query(Unit).join(Layer).filter(Layer.model_id == "toy-text", Layer.name == "layer4", Unit.index < 10)
+        for unit in units.order_by(Unit.index):
+            buffer = io.BytesIO()
+            np.save(buffer, directions[unit.index])
+            unit.direction_uri = blobs.put(buffer.getvalue(), ".npy")
+        session.commit()
+        # A random toy model has no vocabulary at all, whatever checkpoints exist.
+        register(session, load_model("toy-mute", "toy-rn"), "no text tower")
+        layer4 = session.query(Layer).filter(Layer.model_id == "toy-mute", Layer.name == "layer4").one()
+        first = session.query(Unit).filter(Unit.layer_id == layer4.id, Unit.index == 0).one()
+        first.direction_uri = blobs.put(buffer.getvalue(), ".npy")
+        session.commit()
+    engine.dispose()
+    yield {"loaded": loaded, "directions": directions}
+
+
+def test_prompt_search_ranks_units_by_direction(sqlite_web: TestClient, text_model: dict) -> None:
+    r = sqlite_web.get("/api/v1/search/prompt", params={"text": "a red circle", "model": "toy-text", "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["layers_searched"] == ["layer4"] and body["missing"] == []
+    loaded = text_model["loaded"]
+    with torch.inference_mode():
+        text = torch.nn.functional.normalize(loaded.model.encode_text(loaded.tokenizer(["a red circle"])), dim=-1)[0].numpy()
+    directions = text_model["directions"]
+    sims = directions @ text / np.linalg.norm(directions, axis=1)
+    expected = np.argsort(-sims)[:5]
+    assert [u["index"] for u in body["results"]] == expected.tolist()
+    assert [u["similarity"] for u in body["results"]] == pytest.approx(sims[expected].tolist(), abs=1e-4)
+    page = parse(sqlite_web.get("/search", params={"prompt": "a red circle", "model": "toy-text"}).text)
+    cards = page.one("section", id="prompt-results").find_all("a", data_unit=True)
+    assert [int(c["data-unit"]) for c in cards][:5] == expected.tolist()
+
+
+def test_prompt_search_says_what_it_cannot_do(sqlite_web: TestClient, text_model: dict) -> None:
+    unknown = sqlite_web.get("/api/v1/search/prompt", params={"text": "a red zeppelin", "model": "toy-text"})
+    assert unknown.status_code == 422 and unknown.json()["unknown_words"] == ["zeppelin"]
+    page = sqlite_web.get("/search", params={"prompt": "a red zeppelin", "model": "toy-text"})
+    assert page.status_code == 422 and "zeppelin" in page.text
+    # No directions stored for this layer: said plainly, without running the model.
+    none = sqlite_web.get("/api/v1/search/prompt", params={"text": "red", "model": "toy-text", "layer": "layer3"}).json()
+    assert none["results"] == [] and "No unit directions are stored" in none["missing"][0]
+    # A model without a vocabulary (random toy weights) cannot read text.
+    no_text = sqlite_web.get("/api/v1/search/prompt", params={"text": "red", "model": "toy-mute"})
+    assert no_text.status_code == 422 and no_text.json()["reason"] == "no-text-tower"
+    assert sqlite_web.get("/api/v1/search/prompt", params={"text": "red", "model": "nope"}).status_code == 404
+    assert sqlite_web.get("/search", params={"prompt": "red"}).status_code == 422  # a model is needed
