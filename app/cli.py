@@ -321,6 +321,7 @@ def serve(
 @app.command("demo")
 def demo(
     images: Annotated[int, typer.Option(help="Size of the generated synthetic dataset.")] = 10_000,
+    words: Annotated[int, typer.Option(help="How many common English words to raster.")] = 10_000,
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the result when done.")] = True,
 ) -> None:
     """Build everything for the embedded toy models on a generated dataset, then serve it."""
@@ -328,7 +329,9 @@ def demo(
 
     if images < 1:
         _fail("--images must be at least 1")
-    for line in build_demo(get_settings(), images):
+    if words < 1:
+        _fail("--words must be at least 1")
+    for line in build_demo(get_settings(), images, words):
         typer.echo(line)
     if serve_after:
         serve()

@@ -8,27 +8,56 @@ from app.settings import Settings
 
 DEMO_WORLD_SEED = 0
 DEMO_MODELS = ("toy-rn", "toy-vit")
+DEMO_DATASET = "synthetic-world"
+DEMO_WORDS = 10_000
 
 
-def build_demo(settings: Settings, images: int) -> Iterator[str]:
+def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS) -> Iterator[str]:
+    """Each step is idempotent and resumable, so running the demo again only fills gaps."""
     from app.store import migrations
+    from app.store.blobs import BlobStore
     from app.store.session import make_engine, make_sessionmaker
     from precompute.registry import load_embedded
+    from precompute.words import common_words
     from precompute.world import WorldConfig, write_dataset
+    from workers.datasets import DatasetSource, register_dataset
+    from workers.engines import StoreConfig
+    from workers.examples_job import request_from_options, run_examples
     from workers.models import register
+    from workers.words_job import WordsRequest, run_words
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.database_url, "head")
     yield f"store ready at {settings.database_url}"
 
+    # The dataset as files too, for `microscope capture` and for looking at.
     dataset_dir = settings.data_dir / "datasets" / f"synthetic-world-seed{DEMO_WORLD_SEED}"
     write_dataset(dataset_dir, images, DEMO_WORLD_SEED, WorldConfig())
     yield f"synthetic dataset: {images} images in {dataset_dir}"
 
     engine = make_engine(settings.database_url)
-    with make_sessionmaker(engine)() as session:
-        for arch in DEMO_MODELS:
-            loaded = load_embedded(arch, device=settings.resolved_device())
-            register(session, loaded, description=f"embedded {arch}, trained on the synthetic world")
-            yield f"registered {arch} ({len(loaded.spec.layers)} layers)"
-    engine.dispose()
+    sessions = make_sessionmaker(engine)
+    try:
+        report = register_dataset(sessions, BlobStore(settings.blob_url), DEMO_DATASET,
+                                  DatasetSource("folder", str(dataset_dir)))
+        yield report.summary()
+        device = settings.resolved_device()
+        loaded_models = {}
+        with sessions() as session:
+            for arch in DEMO_MODELS:
+                loaded_models[arch] = load_embedded(arch, device=device)
+                register(session, loaded_models[arch], description=f"embedded {arch}, trained on the synthetic world")
+                yield f"registered {arch} ({len(loaded_models[arch].spec.layers)} layers)"
+    finally:
+        engine.dispose()
+
+    store = StoreConfig.from_settings(settings)
+    word_list = tuple(common_words(words))
+    for arch, loaded in loaded_models.items():
+        layer = loaded.spec.final_layer.name
+        request = request_from_options(model_id=arch, dataset_id=DEMO_DATASET, layers=(layer,), device=device)
+        summary = run_examples(store, request, loaded=loaded)
+        yield f"{arch} {layer}: dataset examples, statistics and buckets ({summary})"
+        summary = run_words(store, WordsRequest(model_id=arch, layers=(layer,), words=word_list,
+                                                source=f"wordfreq:en:{words}", device=device), loaded=loaded)
+        yield f"{arch} {layer}: top rastered words of {len(word_list)} words ({summary})"

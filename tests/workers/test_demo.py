@@ -7,14 +7,14 @@ import sys
 
 from sqlalchemy import func, select
 
-from app.store.models import Layer, Model, Unit
+from app.store.models import DatasetExample, Layer, Model, Unit, WordActivation
 from app.store.session import make_engine, make_sessionmaker
 
 
 def test_demo_builds_store_dataset_and_models(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSCOPE_")}
     env["MICROSCOPE_DATA_DIR"] = str(tmp_path / "data")
-    result = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--no-serve", "--images", "40"],
+    result = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--no-serve", "--images", "40", "--words", "120"],
                             capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr
     dataset = tmp_path / "data" / "datasets" / "synthetic-world-seed0"
@@ -30,9 +30,21 @@ def test_demo_builds_store_dataset_and_models(tmp_path):
         layer4 = session.scalar(select(Layer).where(Layer.model_id == "toy-rn", Layer.name == "layer4"))
         assert layer4.units == 768 and layer4.spatial == (2, 2)
         assert session.scalar(select(func.count()).select_from(Unit).where(Unit.layer_id == layer4.id)) == 768
+        # Every unit of each model's final layer has its dataset examples and top words.
+        for model_id in ("toy-rn", "toy-vit"):
+            final = session.scalar(select(Layer).where(Layer.model_id == model_id).order_by(Layer.position.desc())
+                                   .where(Layer.name.in_(("layer4", "transformer.resblocks.5.mlp"))))
+            units = select(Unit.id).where(Unit.layer_id == final.id)
+            with_examples = session.scalar(select(func.count(func.distinct(DatasetExample.unit_id)))
+                                           .where(DatasetExample.unit_id.in_(units), DatasetExample.sign == "top"))
+            with_words = session.scalar(select(func.count(func.distinct(WordActivation.unit_id)))
+                                        .where(WordActivation.unit_id.in_(units)))
+            assert with_examples == with_words == final.units
+            assert session.scalar(select(func.count()).select_from(Unit)
+                                  .where(Unit.layer_id == final.id, Unit.max.is_(None))) == 0
     engine.dispose()
 
-    again = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--no-serve", "--images", "40"],
+    again = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--no-serve", "--images", "40", "--words", "120"],
                            capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0, again.stderr
     assert len((dataset / "captions.jsonl").read_text().splitlines()) == 40
