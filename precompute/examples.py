@@ -5,6 +5,10 @@ tokens for ViTs, the class token left out) with the position of that maximum, or
 itself for pooled layers. ResNet layers are read *before* their final ReLU
 (`capture(..., pre_activation=True)`) so that inhibition shows: the Distill article ranks
 on pre-ReLU activations. ViT MLP neurons are post-GELU, which already has negative values.
+The same per-image value is ranked both ways: the top-k images are those where the unit
+fires hardest somewhere, the bottom-k those where even its strongest response is the most
+negative (the unit is inhibited everywhere in the image); statistics, histogram and buckets
+describe that value too.
 
 `LayerAccumulator` holds, for every unit of one layer, state that merges exactly:
 

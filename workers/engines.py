@@ -11,7 +11,6 @@ Ray the bar follows the jobs table, which the tasks update at every checkpoint.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +163,3 @@ def set_threads(threads: int) -> None:
 
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-
-
-def wait_seconds(started: float) -> float:
-    return round(time.monotonic() - started, 3)
