@@ -377,13 +377,11 @@ def nearest_units(
         if matrix is not None and row is not None:
             basis, found = "direction", matrix.nearest(matrix.vectors[row], k, exclude=index)
     if basis is None:
-        for embedding in queries.word_embeddings(session):
-            if embedding["layer_id"] == layer_id:
-                profiles = cache.unit_word_profiles(embedding["vectors_uri"])
-                row = profiles.row_of(index)
-                if row is not None:
-                    basis, found = "word_embedding", profiles.nearest(profiles.vectors[row], k, exclude=index)
-                break
+        for embedding in queries.word_embeddings(session, layer_id=layer_id)[:1]:
+            profiles = cache.unit_word_profiles(embedding["vectors_uri"])
+            row = profiles.row_of(index)
+            if row is not None:
+                basis, found = "word_embedding", profiles.nearest(profiles.vectors[row], k, exclude=index)
     if basis is None:
         matrix = cache.decompositions(session, layer_id)
         row = matrix.row_of(index) if matrix else None

@@ -379,7 +379,7 @@ def layer_decompositions(session: Session, layer_id: int) -> list[tuple[int, str
     return [tuple(row) for row in session.execute(stmt).all()]  # type: ignore[misc]
 
 
-def word_embeddings(session: Session, model_id: str | None = None) -> list[dict[str, Any]]:
+def word_embeddings(session: Session, model_id: str | None = None, layer_id: int | None = None) -> list[dict[str, Any]]:
     stmt = (
         select(
             WordEmbedding.id,
@@ -396,6 +396,8 @@ def word_embeddings(session: Session, model_id: str | None = None) -> list[dict[
     )
     if model_id is not None:
         stmt = stmt.where(Layer.model_id == model_id)
+    if layer_id is not None:
+        stmt = stmt.where(Layer.id == layer_id)
     return _rows(session, stmt)
 
 
