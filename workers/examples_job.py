@@ -454,17 +454,14 @@ def _write_results(sessions, request, spec: LayerSpec, results, unit_id_of, imag
 # -- driver ---------------------------------------------------------------------------------------------
 def run_examples(store: StoreConfig, request: ExamplesRequest, *, show_progress: bool = True, loaded=None) -> dict:
     """Plan, run (local or Ray) and merge the examples pass; resumes whatever a killed run left."""
-    from workers.models import load_registered
+    from workers.models import load_registered, require_model
 
     request.validate()
     started = time.monotonic()
     engine, sessions = sessions_for(store)
     try:
         with sessions() as session:
-            model = repository.get_model(session, request.model_id)
-            if model is None:
-                known = ", ".join(m.id for m in repository.list_models(session)) or "none"
-                raise MicroscopeError(f"model '{request.model_id}' is not registered (registered: {known})")
+            model = require_model(session, request.model_id)
             dataset = repository.get_dataset(session, request.dataset_id)
             if dataset is None:
                 known = ", ".join(d.id for d in repository.list_datasets(session)) or "none"

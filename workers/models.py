@@ -18,14 +18,20 @@ def register(session: Session, loaded: LoadedModel, description: str = "") -> No
     session.commit()
 
 
-def load_registered(session: Session, model_id: str, device: str = "cpu") -> LoadedModel:
-    """Load a model the way it was registered (same architecture and same weights)."""
+def require_model(session: Session, model_id: str):
+    """The registered model's row, or an error naming the models that are registered."""
     from app.store import repository
 
     row = repository.get_model(session, model_id)
     if row is None:
         known = ", ".join(m.id for m in repository.list_models(session)) or "none"
         raise MicroscopeError(f"model '{model_id}' is not registered (registered: {known})")
+    return row
+
+
+def load_registered(session: Session, model_id: str, device: str = "cpu") -> LoadedModel:
+    """Load a model the way it was registered (same architecture and same weights)."""
+    row = require_model(session, model_id)
     if row.source == "embedded":
         return load_embedded(row.arch, model_id=row.id, device=device)
     if row.source == "pretrained":

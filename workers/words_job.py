@@ -76,7 +76,7 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def run_words(store: StoreConfig, request: WordsRequest, *, show_progress: bool = True, loaded=None) -> dict:
-    from workers.models import load_registered
+    from workers.models import load_registered, require_model
 
     request.validate()
     started = time.monotonic()
@@ -86,10 +86,7 @@ def run_words(store: StoreConfig, request: WordsRequest, *, show_progress: bool 
     blobs = BlobStore(store.blob_url)
     try:
         with sessions() as session:
-            model = repository.get_model(session, request.model_id)
-            if model is None:
-                known = ", ".join(m.id for m in repository.list_models(session)) or "none"
-                raise MicroscopeError(f"model '{request.model_id}' is not registered (registered: {known})")
+            model = require_model(session, request.model_id)
             spec = architecture(model.arch)
             for layer in request.layers:
                 spec.layer(layer)
