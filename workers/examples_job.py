@@ -35,7 +35,7 @@ import torch
 from app.store import repository
 from app.store.blobs import BlobStore
 from precompute import keys as K
-from precompute.architectures import LayerSpec, architecture
+from precompute.architectures import LayerSpec
 from precompute.crops import DEFAULT_CROP_SIZE, cell_box, crop, model_view, png_bytes
 from precompute.errors import MicroscopeError
 from precompute.examples import ExampleParams, LayerAccumulator, calibrated_range, merge_all, ranking_values
@@ -454,7 +454,7 @@ def _write_results(sessions, request, spec: LayerSpec, results, unit_id_of, imag
 # -- driver ---------------------------------------------------------------------------------------------
 def run_examples(store: StoreConfig, request: ExamplesRequest, *, show_progress: bool = True, loaded=None) -> dict:
     """Plan, run (local or Ray) and merge the examples pass; resumes whatever a killed run left."""
-    from workers.models import load_registered, require_model
+    from workers.models import load_registered, require_layers, require_model
 
     request.validate()
     started = time.monotonic()
@@ -466,11 +466,7 @@ def run_examples(store: StoreConfig, request: ExamplesRequest, *, show_progress:
             if dataset is None:
                 known = ", ".join(d.id for d in repository.list_datasets(session)) or "none"
                 raise MicroscopeError(f"dataset '{request.dataset_id}' is not registered (registered: {known})")
-            spec = architecture(model.arch)
-            for layer in request.layers:
-                spec.layer(layer)  # UnknownLayerError: one line, before any work
-                if repository.get_layer(session, request.model_id, layer) is None:
-                    raise MicroscopeError(f"layer {layer} of '{request.model_id}' is not in the store; register the model again")
+            require_layers(session, model, request.layers)
             items = repository.dataset_items(session, request.dataset_id)
             if not items:
                 raise MicroscopeError(f"dataset '{request.dataset_id}' has no images")

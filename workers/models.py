@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from precompute.architectures import ArchitectureSpec
 from precompute.errors import MicroscopeError
 from precompute.registry import LoadedModel, load_embedded, load_model
 
@@ -27,6 +28,20 @@ def require_model(session: Session, model_id: str):
         known = ", ".join(m.id for m in repository.list_models(session)) or "none"
         raise MicroscopeError(f"model '{model_id}' is not registered (registered: {known})")
     return row
+
+
+def require_layers(session: Session, model, layers) -> ArchitectureSpec:
+    """Check every named layer exists in the model's architecture and in the store, before any
+    work; returns the architecture spec."""
+    from app.store import repository
+    from precompute.architectures import architecture
+
+    spec = architecture(model.arch)
+    for layer in layers:
+        spec.layer(layer)  # UnknownLayerError names the valid layers
+        if repository.get_layer(session, model.id, layer) is None:
+            raise MicroscopeError(f"layer {layer} of '{model.id}' is not in the store; register the model again")
+    return spec
 
 
 def load_registered(session: Session, model_id: str, device: str = "cpu") -> LoadedModel:

@@ -24,7 +24,6 @@ import torch
 
 from app.store import repository
 from app.store.blobs import BlobStore
-from precompute.architectures import architecture
 from precompute.errors import MicroscopeError
 from precompute.examples import ranking_values
 from precompute.loader import iter_batches
@@ -76,7 +75,7 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def run_words(store: StoreConfig, request: WordsRequest, *, show_progress: bool = True, loaded=None) -> dict:
-    from workers.models import load_registered, require_model
+    from workers.models import load_registered, require_layers, require_model
 
     request.validate()
     started = time.monotonic()
@@ -87,11 +86,7 @@ def run_words(store: StoreConfig, request: WordsRequest, *, show_progress: bool 
     try:
         with sessions() as session:
             model = require_model(session, request.model_id)
-            spec = architecture(model.arch)
-            for layer in request.layers:
-                spec.layer(layer)
-                if repository.get_layer(session, request.model_id, layer) is None:
-                    raise MicroscopeError(f"layer {layer} of '{request.model_id}' is not in the store; register the model again")
+            require_layers(session, model, request.layers)
             if loaded is None:
                 loaded = load_registered(session, request.model_id, device=request.device)
         request = replace(request, layers=tuple(dict.fromkeys(request.layers)),
