@@ -225,6 +225,11 @@ def toy_train(
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (default: the shipped recipe).")] = None,
     train_images: Annotated[Optional[int], typer.Option(help="Size of the generated training set.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        help="CPU threads (the recipe pins 2; another count trains as well but not bit for bit alike).")] = None,
+    compile_model: Annotated[Optional[bool], typer.Option(
+        "--compile/--no-compile", help="Train through torch.compile (the recipe does).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
     out: Annotated[Optional[Path], typer.Option(help="Checkpoint path (default: the package's).")] = None,
     work_dir: Annotated[Optional[Path], typer.Option(help="Where resumable training state goes.")] = None,
 ) -> None:
@@ -245,6 +250,13 @@ def toy_train(
             setattr(config, field, value)
     if config.train_images < config.batch_size:
         _fail("--train-images must be at least --batch-size")
+    if threads is not None:
+        if threads < 0:
+            _fail("--threads must be 0 (torch's default) or more")
+        config.threads = threads
+    if compile_model is not None:
+        config.compile = compile_model
+    config.device = _training_device(device)
     target = out or embedded_checkpoint(name)
     state_dir = work_dir or get_settings().data_dir / "training"
     data_bar = tqdm(total=config.train_images, desc=f"{name} data", unit="img")
@@ -263,6 +275,22 @@ def toy_train(
     step_bar.close()
     typer.echo(json.dumps(summary))
     typer.echo(f"wrote {target}")
+
+
+def _training_device(name: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        _fail(f"--device {name!r} is not a torch device (cpu, cuda, cuda:N, mps)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda: no CUDA device is visible here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        _fail("--device mps: no MPS device is visible here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        _fail(f"--device {name!r}: training runs on cpu, cuda or mps")
+    return str(device)
 
 
 @toy_app.command("eval")
@@ -291,10 +319,12 @@ def toy_eval(
     if as_json:
         typer.echo(json.dumps(results))
         return
-    typer.echo(f"{'model':10s} {'zero-shot':>10s} {'typo shape':>11s} {'typo colour':>12s} {'multimodal':>11s}")
+    typer.echo(f"{'model':10s} {'zero-shot':>10s} {'(1 prompt)':>11s} {'typo shape':>11s} {'typo colour':>12s} "
+               f"{'multimodal':>11s}")
     for name, r in results.items():
-        typer.echo(f"{name:10s} {r['zero_shot_accuracy']:10.3f} {r['typographic_success_shape']:11.3f} "
-                   f"{r['typographic_success_color']:12.3f} {r['multimodal_colors']:>9d}/8")
+        typer.echo(f"{name:10s} {r['zero_shot_accuracy']:10.3f} {r['zero_shot_accuracy_single_prompt']:11.3f} "
+                   f"{r['typographic_success_shape']:11.3f} {r['typographic_success_color']:12.3f} "
+                   f"{r['multimodal_colors']:>9d}/8")
     for name, r in results.items():
         typer.echo(f"\n{name} multimodal units ({r['layer']}):")
         for color, unit in r["multimodal_units"].items():

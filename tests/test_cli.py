@@ -132,3 +132,20 @@ def test_serve_answers_healthz(migrated_url, cli_env):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--arch", "cnn"], "--arch must be one of"),
+        (["--arch", "rn", "--steps", "0"], "--steps must be at least 1"),
+        (["--arch", "rn", "--threads", "-1"], "--threads must be 0"),
+        (["--arch", "rn", "--device", "tpu9"], "is not a torch device"),
+        (["--arch", "rn", "--device", "cuda"] if not __import__("torch").cuda.is_available()
+         else ["--arch", "rn", "--device", "meta"], "--device"),
+    ],
+)
+def test_toy_train_rejects_bad_options_before_any_work(args, reason, cli_env, tmp_path):
+    result = microscope("toy", "train", *args, "--out", str(tmp_path / "never.safetensors"), env=cli_env)
+    assert reason in one_line_error(result)
+    assert not (tmp_path / "never.safetensors").exists()

@@ -1,7 +1,8 @@
 """The toy models' report card, on held-out images of a different world seed.
 
 Three figures, each a phenomenon of the seed papers reproduced in our world:
-  - zero-shot accuracy on colour x shape classification,
+  - zero-shot accuracy on colour x shape classification (a prompt ensemble; the single
+    prompt "a photo of a red circle" is reported beside it),
   - typographic-attack success (a written shape or colour name overrides what is drawn),
   - multimodality: per colour, a unit of the last layer that fires both for objects of that
     colour and for the colour's name rendered as text.
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from precompute.capture import capture, unit_maxima
 from precompute.registry import LoadedModel
@@ -30,17 +32,44 @@ class EvalConfig:
     batch_size: int = 256
 
 
+# Zero-shot classes are named by an ensemble of prompts, as CLIP names ImageNet's classes
+# by 80 templates. Pictures of the world hold one to four objects and are captioned in the
+# singular or in the plural ("three red stars"); a word-level tokenizer shares nothing between
+# "star" and "stars", so a single singular prompt misses pictures of several objects.
+SINGULAR_TEMPLATES = ("a photo of a {color} {shape}", "a {color} {shape}", "a picture of a {color} {shape}")
+PLURAL_TEMPLATES = (
+    "a photo of two {color} {shapes}", "a photo of three {color} {shapes}", "a photo of four {color} {shapes}",
+    "some {color} {shapes}",
+)
+
+
 def class_prompts() -> tuple[list[tuple[str, str]], list[str]]:
+    """The colour x shape classes and their single plain prompt ("a photo of a red circle")."""
     from precompute.world import COLORS, SHAPES
 
     classes = [(color, shape) for color in COLORS for shape in SHAPES]
-    return classes, [f"a photo of a {color} {shape}" for color, shape in classes]
+    return classes, [SINGULAR_TEMPLATES[0].format(color=color, shape=shape) for color, shape in classes]
 
 
 @torch.inference_mode()
 def encode_texts(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
     tokens = loaded.tokenizer(texts).to(loaded.device)
     return torch.nn.functional.normalize(loaded.model.encode_text(tokens), dim=-1)
+
+
+def class_text_features(loaded: LoadedModel) -> torch.Tensor:
+    """One unit vector per class: the mean of its singular prompts and the mean of its plural
+    prompts, weighted equally, so neither grammatical number outvotes the other."""
+    from precompute.world import SHAPE_PLURALS
+
+    classes, _ = class_prompts()
+    features = []
+    for color, shape in classes:
+        slots = {"color": color, "shape": shape, "shapes": SHAPE_PLURALS[shape]}
+        singular = encode_texts(loaded, [t.format(**slots) for t in SINGULAR_TEMPLATES]).mean(dim=0)
+        plural = encode_texts(loaded, [t.format(**slots) for t in PLURAL_TEMPLATES]).mean(dim=0)
+        features.append(F.normalize(F.normalize(singular, dim=-1) + F.normalize(plural, dim=-1), dim=-1))
+    return torch.stack(features)
 
 
 def _pixel_batches(loaded: LoadedModel, images: list, batch_size: int):
@@ -66,7 +95,8 @@ def final_layer_maxima(loaded: LoadedModel, images: list, batch_size: int = 256)
     return torch.cat(values)
 
 
-def zero_shot_accuracy(loaded: LoadedModel, config: EvalConfig, text_features: torch.Tensor) -> float:
+def zero_shot_accuracy(loaded: LoadedModel, config: EvalConfig, *class_features: torch.Tensor) -> list[float]:
+    """Accuracy of each set of class text features on the same held-out object pictures."""
     from precompute.world import object_image
 
     classes, _ = class_prompts()
@@ -76,8 +106,9 @@ def zero_shot_accuracy(loaded: LoadedModel, config: EvalConfig, text_features: t
         for _ in range(config.images_per_class):
             images.append(object_image(shape, color, int(rng.integers(1, 5)), rng).image)
             labels.append(label)
-    predictions = (encode_images(loaded, images, config.batch_size) @ text_features.t()).argmax(dim=1)
-    return float((predictions.cpu() == torch.tensor(labels)).float().mean())
+    image_features = encode_images(loaded, images, config.batch_size)
+    labels = torch.tensor(labels)
+    return [float(((image_features @ f.t()).argmax(dim=1).cpu() == labels).float().mean()) for f in class_features]
 
 
 def typographic_success(loaded: LoadedModel, config: EvalConfig, text_features: torch.Tensor) -> dict[str, float]:
@@ -152,11 +183,13 @@ def evaluate(loaded: LoadedModel, config: EvalConfig | None = None) -> dict:
     config = config or EvalConfig()
     torch.manual_seed(config.seed)
     _, prompts = class_prompts()
-    text_features = encode_texts(loaded, prompts)
+    text_features = class_text_features(loaded)
     attack = typographic_success(loaded, config, text_features)
     colors = multimodal_units(loaded, config)
+    ensemble, single = zero_shot_accuracy(loaded, config, text_features, encode_texts(loaded, prompts))
     return {
-        "zero_shot_accuracy": round(zero_shot_accuracy(loaded, config, text_features), 4),
+        "zero_shot_accuracy": round(ensemble, 4),
+        "zero_shot_accuracy_single_prompt": round(single, 4),
         "typographic_success_shape": round(attack["shape"], 4),
         "typographic_success_color": round(attack["color"], 4),
         "multimodal_colors": sum(entry["meets_bar"] for entry in colors.values()),

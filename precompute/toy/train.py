@@ -7,12 +7,13 @@ hundred steps, so an interrupted run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,33 +36,50 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 0.1
     warmup_steps: int = 100
-    threads: int = 0  # 0: torch's default
+    # CPU threads. The recipes pin 2: the number of threads changes how reductions split,
+    # so a retrain reproduces a checkpoint bit for bit only with the same count. 0: torch's default.
+    threads: int = 2
     state_every: int = 100
+    # torch.compile (inductor) halves the ResNet's step time on CPU; it falls back to eager
+    # where no C++ compiler is found.
+    compile: bool = False
+    device: str = "cpu"
+    # WorldConfig fields that differ from today's world (a recipe trained on an earlier world).
+    world: dict = field(default_factory=dict)
 
 
-# The shipped checkpoints' recipes: each fits in 30 minutes on 2 CPU cores.
+# The shipped checkpoints' recipes: each fits in 30 minutes on 2 CPU cores (data and
+# compilation included).
 RECIPES: dict[str, dict] = {
-    "toy-rn": {"steps": 2000, "learning_rate": 2e-3},
-    "toy-vit": {"steps": 1500, "learning_rate": 1e-3},
+    "toy-rn": {"steps": 2500, "batch_size": 128, "learning_rate": 2e-3, "warmup_steps": 200, "compile": True},
+    # Eager: compilation buys the transformer only ~7 %, and eager steps reproduce the shipped
+    # checkpoint. A narrower ViT (width 96) with more, smaller steps did worse (0.87 vs 0.93).
+    # Trained before the world had truthful labels (p_truthful_label); retraining it on
+    # today's world is the next step for it.
+    "toy-vit": {"steps": 1500, "batch_size": 256, "learning_rate": 1e-3, "warmup_steps": 100,
+                "world": {"p_truthful_label": 0.0, "mixed_words": [0.45, 0.20, 0.05, 0.30]}},
 }
 
 
 def recipe(arch: str, seed: int = 0) -> TrainConfig:
-    return TrainConfig(arch=arch, seed=seed, **RECIPES[arch])
+    return TrainConfig(arch=arch, seed=seed, **copy.deepcopy(RECIPES[arch]))
 
 
-def _generate_chunk(args: tuple[int, int, int]):
+def _generate_chunk(args: tuple[int, int, int, dict]):
     from precompute.world import WorldConfig, generate_batch
 
-    seed, start, count = args
-    pixels, captions, _metas = generate_batch(seed, start, count, WorldConfig())
+    seed, start, count, world = args
+    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in world.items()}
+    pixels, captions, _metas = generate_batch(seed, start, count, WorldConfig(**fields))
     return pixels, captions
 
 
 def generate_training_set(seed: int, count: int, processes: int = 2, chunk: int = 2000,
-                          progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str]]:
-    """Images (N, H, W, 3) uint8 and captions for indices [0, count) of the world `seed`."""
-    jobs = [(seed, start, min(chunk, count - start)) for start in range(0, count, chunk)]
+                          progress: Callable[[int], None] | None = None,
+                          world: dict | None = None) -> tuple[np.ndarray, list[str]]:
+    """Images (N, H, W, 3) uint8 and captions for indices [0, count) of the world `seed`
+    (WorldConfig fields in `world` override today's defaults)."""
+    jobs = [(seed, start, min(chunk, count - start), world or {}) for start in range(0, count, chunk)]
     pixels, captions = [], []
     if processes > 1:
         context = multiprocessing.get_context("spawn")
@@ -115,6 +133,14 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
     return 0.5 * config.learning_rate * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _compiled(model: torch.nn.Module) -> Callable:
+    import torch._dynamo
+
+    # A machine without a C++ compiler (or an op inductor cannot lower) trains eagerly.
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)
+
+
 def _batch_indices(config: TrainConfig, step: int, count: int) -> np.ndarray:
     per_epoch = count // config.batch_size
     epoch, position = divmod(step, per_epoch)
@@ -126,24 +152,43 @@ def train(config: TrainConfig, out_path: Path, work_dir: Path,
           on_step: Callable[[int, float], None] | None = None,
           on_data: Callable[[int], None] | None = None) -> dict:
     """Train `config.arch`, write the checkpoint to `out_path`, and return a summary."""
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = (torch.are_deterministic_algorithms_enabled(),
+                              torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        # Compiled CPU kernels otherwise accumulate some gradients with atomic adds, whose order
+        # varies from run to run: two compiled 20-step runs left 175 of 201 tensors different.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return _train(config, out_path, work_dir, on_step, on_data)
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_deterministic[0], warn_only=previous_deterministic[1])
+
+
+def _train(config: TrainConfig, out_path: Path, work_dir: Path,
+           on_step: Callable[[int, float], None] | None,
+           on_data: Callable[[int], None] | None) -> dict:
     register_toy_configs()
-    if config.threads:
-        torch.set_num_threads(config.threads)
     work_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tokenizer(config.arch)
 
     started = time.time()
-    pixels_np, captions = generate_training_set(config.seed, config.train_images, progress=on_data)
+    pixels_np, captions = generate_training_set(config.seed, config.train_images, progress=on_data,
+                                                world=config.world)
     pixels = torch.from_numpy(pixels_np)
     tokens = tokenizer(captions)
     _, caption_ids = torch.unique(tokens, dim=0, return_inverse=True)
     data_seconds = time.time() - started
 
+    device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    model = open_clip.create_model(config.arch, pretrained=None)
+    model = open_clip.create_model(config.arch, pretrained=None).to(device)
     model.train()
-    mean = torch.tensor(model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    forward = _compiled(model) if config.compile else model
+    mean = torch.tensor(model.visual.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.visual.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW(
@@ -154,7 +199,7 @@ def train(config: TrainConfig, out_path: Path, work_dir: Path,
     state_path = work_dir / f"{config.arch}-seed{config.seed}.state.pt"
     step = 0
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(state_path, map_location=device, weights_only=True)
         if state.get("config") == asdict(config):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -166,9 +211,9 @@ def train(config: TrainConfig, out_path: Path, work_dir: Path,
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
         index = torch.from_numpy(_batch_indices(config, step, len(captions)))
-        images = normalise_pixels(pixels[index], mean, std)
-        image_features, text_features, logit_scale = model(images, tokens[index])[:3]
-        loss = contrastive_loss(image_features, text_features, logit_scale, caption_ids[index])
+        images = normalise_pixels(pixels[index].to(device), mean, std)
+        image_features, text_features, logit_scale = forward(images, tokens[index].to(device))[:3]
+        loss = contrastive_loss(image_features, text_features, logit_scale, caption_ids[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -184,7 +229,7 @@ def train(config: TrainConfig, out_path: Path, work_dir: Path,
                         "optimizer": optimizer.state_dict()}, tmp)
             tmp.replace(state_path)
 
-    model.eval()
+    model.eval().cpu()
     summary = {
         "arch": config.arch,
         "config": asdict(config),

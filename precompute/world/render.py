@@ -55,11 +55,24 @@ class WorldConfig:
     # attacks), and share with the word on the object rather than beside it.
     p_mixed_both: float = 0.3
     p_word_on_object: float = 0.6
+    # What the word of a mixed picture is: a shape name, a colour name, a number word or a
+    # common word, with these chances.
+    mixed_words: tuple[float, float, float, float] = (0.45, 0.40, 0.05, 0.10)
+    # Share of colour names on mixed pictures that tell the truth, naming the object's own
+    # colour as labels on real things mostly do. Only in such pictures does a unit that sees a
+    # colour fire while that colour's name is in view, so only there can gradient teach it to
+    # read the name: the source of multimodal units. Shape names stay random (mostly false),
+    # which is what makes typographic attacks work. 0 draws no random number.
+    p_truthful_label: float = 0.85
 
     def __post_init__(self):
         total = self.p_object + self.p_word + self.p_mixed
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"p_object + p_word + p_mixed must be 1, got {total}")
+        if abs(sum(self.mixed_words) - 1.0) > 1e-6 or min(self.mixed_words) < 0:
+            raise ValueError(f"mixed_words must be four chances summing to 1, got {self.mixed_words}")
+        if not 0.0 <= self.p_truthful_label <= 1.0:
+            raise ValueError(f"p_truthful_label must be in [0, 1], got {self.p_truthful_label}")
         if self.image_size < 32:
             raise ValueError("image_size below 32 px makes shapes and words illegible")
         if not self.fonts:
@@ -470,13 +483,16 @@ def _pick_word_for_word_image(rng: np.random.Generator, cfg: WorldConfig) -> str
     return COMMON_WORDS[int(rng.integers(len(COMMON_WORDS)))]
 
 
-def _pick_word_for_mixed(rng: np.random.Generator) -> str:
+def _pick_word_for_mixed(rng: np.random.Generator, cfg: WorldConfig, color: str) -> str:
+    p_shape, p_color, p_number, _ = cfg.mixed_words
     r = rng.random()
-    if r < 0.45:  # shape words: the typographic attack we measure
+    if r < p_shape:  # shape words: the typographic attack we measure
         return SHAPES[int(rng.integers(len(SHAPES)))]
-    if r < 0.65:
+    if r < p_shape + p_color:
+        if cfg.p_truthful_label and rng.random() < cfg.p_truthful_label:
+            return color
         return tuple(COLORS)[int(rng.integers(len(COLORS)))]
-    if r < 0.70:
+    if r < p_shape + p_color + p_number:
         return NUMBER_WORDS[int(rng.integers(len(NUMBER_WORDS)))]
     return COMMON_WORDS[int(rng.integers(len(COMMON_WORDS)))]
 
@@ -493,7 +509,7 @@ def sample_from_rng(rng: np.random.Generator, config: WorldConfig = WorldConfig(
         return _render_word(rng, config, _pick_word_for_word_image(rng, config))
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     color = tuple(COLORS)[int(rng.integers(len(COLORS)))]
-    return _render_mixed(rng, config, shape, color, _pick_word_for_mixed(rng))
+    return _render_mixed(rng, config, shape, color, _pick_word_for_mixed(rng, config, color))
 
 
 def generate(seed: int, index: int, config: WorldConfig = WorldConfig()) -> Sample:
