@@ -10,12 +10,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from swagger_ui_bundle import swagger_ui_path
 
 from app import svg
 from app.auth import AuthError
@@ -112,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Per-neuron visualizations of CLIP vision towers. Every HTML page has a JSON twin here.",
         version=_version(),
         lifespan=lifespan,
-        docs_url=None,  # served below from vendored assets: the CDN default is blank offline
+        docs_url="/docs",
         openapi_url=f"{API_PREFIX}/openapi.json",
     )
     app.state.settings = settings
@@ -127,18 +125,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_service = ModelService(_model_loader(app, settings), max_queue=settings.model_queue_size)
 
     app.mount("/static", StaticFiles(directory=str(static_dir())), name="static")
-    app.mount("/vendor/swagger-ui", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
-
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url,
-            title=f"{app.title} API",
-            swagger_js_url="/vendor/swagger-ui/swagger-ui-bundle.js",
-            swagger_css_url="/vendor/swagger-ui/swagger-ui.css",
-            swagger_favicon_url="/vendor/swagger-ui/favicon-32x32.png",
-        )
-
     app.include_router(system.router)
     app.include_router(api.router)
     app.include_router(pages.router)
