@@ -52,6 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     register_toy_configs()
     torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as train() runs every recipe
     results = {"machine": machine(), "models": {}}
     for arch in args.arch or ["toy-rn", "toy-vit"]:
         config = recipe(arch)

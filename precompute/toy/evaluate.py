@@ -54,7 +54,7 @@ def class_prompts() -> tuple[list[tuple[str, str]], list[str]]:
 @torch.inference_mode()
 def encode_texts(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
     tokens = loaded.tokenizer(texts).to(loaded.device)
-    return torch.nn.functional.normalize(loaded.model.encode_text(tokens), dim=-1)
+    return F.normalize(loaded.model.encode_text(tokens), dim=-1)
 
 
 def class_text_features(loaded: LoadedModel) -> torch.Tensor:
@@ -63,13 +63,12 @@ def class_text_features(loaded: LoadedModel) -> torch.Tensor:
     from precompute.world import SHAPE_PLURALS
 
     classes, _ = class_prompts()
-    features = []
-    for color, shape in classes:
-        slots = {"color": color, "shape": shape, "shapes": SHAPE_PLURALS[shape]}
-        singular = encode_texts(loaded, [t.format(**slots) for t in SINGULAR_TEMPLATES]).mean(dim=0)
-        plural = encode_texts(loaded, [t.format(**slots) for t in PLURAL_TEMPLATES]).mean(dim=0)
-        features.append(F.normalize(F.normalize(singular, dim=-1) + F.normalize(plural, dim=-1), dim=-1))
-    return torch.stack(features)
+    templates = SINGULAR_TEMPLATES + PLURAL_TEMPLATES
+    texts = [t.format(color=color, shape=shape, shapes=SHAPE_PLURALS[shape]) for color, shape in classes for t in templates]
+    features = encode_texts(loaded, texts).view(len(classes), len(templates), -1)
+    singular = F.normalize(features[:, :len(SINGULAR_TEMPLATES)].mean(dim=1), dim=-1)
+    plural = F.normalize(features[:, len(SINGULAR_TEMPLATES):].mean(dim=1), dim=-1)
+    return F.normalize(singular + plural, dim=-1)
 
 
 def _pixel_batches(loaded: LoadedModel, images: list, batch_size: int):
@@ -80,7 +79,7 @@ def _pixel_batches(loaded: LoadedModel, images: list, batch_size: int):
 @torch.inference_mode()
 def encode_images(loaded: LoadedModel, images: list, batch_size: int = 256) -> torch.Tensor:
     features = [loaded.model.encode_image(batch.to(loaded.device)) for batch in _pixel_batches(loaded, images, batch_size)]
-    return torch.nn.functional.normalize(torch.cat(features), dim=-1)
+    return F.normalize(torch.cat(features), dim=-1)
 
 
 def final_layer_maxima(loaded: LoadedModel, images: list, batch_size: int = 256) -> torch.Tensor:

@@ -52,8 +52,8 @@ class TrainConfig:
 # compilation included).
 RECIPES: dict[str, dict] = {
     "toy-rn": {"steps": 2500, "batch_size": 128, "learning_rate": 2e-3, "warmup_steps": 200, "compile": True},
-    # Eager: compilation buys the transformer only ~7 %, and eager steps reproduce the shipped
-    # checkpoint. A narrower ViT (width 96) with more, smaller steps did worse (0.87 vs 0.93).
+    # Eager, as the shipped checkpoint was trained: compilation buys the transformer only ~7 %.
+    # A narrower ViT (width 96) with more, smaller steps did worse (0.87 vs 0.93).
     # Trained before the world had truthful labels (p_truthful_label); retraining it on
     # today's world is the next step for it.
     "toy-vit": {"steps": 1500, "batch_size": 256, "learning_rate": 1e-3, "warmup_steps": 100,
