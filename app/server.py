@@ -6,11 +6,13 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -110,7 +112,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Per-neuron visualizations of CLIP vision towers. Every HTML page has a JSON twin here.",
         version=_version(),
         lifespan=lifespan,
-        docs_url="/docs",
+        # /docs and /redoc are added by _api_docs: FastAPI's own pages load their scripts from a CDN,
+        # and our users run the server offline.
+        docs_url=None,
+        redoc_url=None,
         openapi_url=f"{API_PREFIX}/openapi.json",
     )
     app.state.settings = settings
@@ -125,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_service = ModelService(_model_loader(app, settings), max_queue=settings.model_queue_size)
 
     app.mount("/static", StaticFiles(directory=str(static_dir())), name="static")
+    _api_docs(app)
     app.include_router(system.router)
     app.include_router(api.router)
     app.include_router(pages.router)
@@ -185,6 +191,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(request, 422, "invalid-request", problems or "the request is not valid")
 
     return app
+
+
+def _api_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc, from the assets fastapi-offline ships."""
+    assets = "/vendor/api-docs"  # not under /static: that mount is matched first and would 404 these
+    app.mount(assets, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="api-docs")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} API",
+            swagger_js_url=f"{root}{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{assets}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} API",
+            redoc_js_url=f"{root}{assets}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{assets}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _model_loader(app: FastAPI, settings: Settings) -> Any:

@@ -14,6 +14,7 @@ from app.settings import Settings
 from app.store import repository
 from app.store.blobs import BlobStore
 from app.store.session import make_engine, make_sessionmaker, session_scope
+from tests.app.html import parse
 from tests.conftest import toy_model
 
 
@@ -139,7 +140,17 @@ def test_unknown_model_is_404_with_reason(client: TestClient) -> None:
 
 
 def test_docs_and_static(client: TestClient) -> None:
-    assert client.get("/docs").status_code == 200
+    # Swagger UI and ReDoc pages reference only the server's own files, so they work offline.
+    for path, assets in (("/docs", {"swagger-ui-bundle.js", "swagger-ui.css"}), ("/redoc", {"redoc.standalone.js"})):
+        page = client.get(path)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        doc = parse(page.text)
+        urls = [n["src"] for n in doc.find_all("script", src=True)] + [n["href"] for n in doc.find_all("link", href=True)]
+        assert "://" not in page.text and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+        assert assets <= {u.rsplit("/", 1)[-1] for u in urls}, urls
+        for url in urls:
+            assert client.get(url).status_code == 200, url
+        assert "/api/v1/openapi.json" in page.text
     spec = client.get("/api/v1/openapi.json").json()
     assert "/api/v1/models/{model_id}" in spec["paths"]
     css = client.get("/static/style.css")
