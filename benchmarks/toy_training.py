@@ -25,22 +25,19 @@ import torch  # noqa: E402
 
 from benchmarks._common import interleaved, machine, median  # noqa: E402
 from precompute.toy import register_toy_configs  # noqa: E402
-from precompute.toy.train import _compiled, contrastive_loss, recipe  # noqa: E402
+from precompute.toy.train import _compiled, make_optimizer, recipe, train_step  # noqa: E402
 
 
-def _step_function(model: torch.nn.Module, forward, batch_size: int):
+def _step_function(model: torch.nn.Module, forward, config):
+    """The recipe's own training step on a fixed random batch."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch_size, 3, 64, 64, generator=generator)
-    tokens = torch.randint(1, 1000, (batch_size, 24), generator=generator)
-    caption_ids = torch.arange(batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.randn(config.batch_size, 3, 64, 64, generator=generator)
+    tokens = torch.randint(1, 1000, (config.batch_size, 24), generator=generator)
+    caption_ids = torch.arange(config.batch_size)
+    optimizer = make_optimizer(model, config)
 
     def step() -> None:
-        image_features, text_features, logit_scale = forward(images, tokens)[:3]
-        loss = contrastive_loss(image_features, text_features, logit_scale, caption_ids)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, forward, optimizer, images, tokens, caption_ids)
 
     return step
 
@@ -59,8 +56,8 @@ def main() -> None:
         torch.manual_seed(0)
         eager_model = open_clip.create_model(arch, pretrained=None).train()
         compiled_model = open_clip.create_model(arch, pretrained=None).train()
-        eager = _step_function(eager_model, eager_model, config.batch_size)
-        compiled = _step_function(compiled_model, _compiled(compiled_model), config.batch_size)
+        eager = _step_function(eager_model, eager_model, config)
+        compiled = _step_function(compiled_model, _compiled(compiled_model), config)
         started = time.perf_counter()
         compiled()
         compile_seconds = time.perf_counter() - started

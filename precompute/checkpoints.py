@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from precompute.errors import CheckpointError
 
@@ -84,14 +84,20 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def write_checkpoint(model: torch.nn.Module, path: str | Path, metadata: dict[str, object] | None = None) -> Path:
-    """Save a model's weights as safetensors; non-string metadata values are stored as JSON."""
+    """Save a model's weights as safetensors; non-string metadata values are stored as JSON.
+
+    The file appears whole or not at all (an interrupted save leaves no half checkpoint), with
+    the permissions the umask gives: safetensors' own writer makes it private to its owner,
+    which a server running as another user could not read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
     text_meta = {
         key: value if isinstance(value, str) else json.dumps(value) for key, value in (metadata or {}).items()
     }
-    save_file(state, str(path), metadata=text_meta)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(save(state, metadata=text_meta))
+    partial.replace(path)
     return path
 
 

@@ -52,12 +52,9 @@ class TrainConfig:
 # compilation included).
 RECIPES: dict[str, dict] = {
     "toy-rn": {"steps": 2500, "batch_size": 128, "learning_rate": 2e-3, "warmup_steps": 200, "compile": True},
-    # Eager, as the shipped checkpoint was trained: compilation buys the transformer only ~7 %.
-    # A narrower ViT (width 96) with more, smaller steps did worse (0.87 vs 0.93).
-    # Trained before the world had truthful labels (p_truthful_label); retraining it on
-    # today's world is the next step for it.
-    "toy-vit": {"steps": 1500, "batch_size": 256, "learning_rate": 1e-3, "warmup_steps": 100,
-                "world": {"p_truthful_label": 0.0, "mixed_words": [0.45, 0.20, 0.05, 0.30]}},
+    # Eager: under deterministic algorithms the compiled transformer step is slower, not faster.
+    # Batch 192 keeps 1,600 steps inside 30 minutes; a narrower ViT (width 96) did worse.
+    "toy-vit": {"steps": 1600, "batch_size": 192, "learning_rate": 1e-3, "warmup_steps": 100},
 }
 
 
@@ -133,6 +130,30 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
     return 0.5 * config.learning_rate * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW as CLIP trains, without weight decay on gains, biases, embeddings and the temperature."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate, betas=(0.9, 0.98), eps=1e-6,
+    )
+
+
+def train_step(model: torch.nn.Module, forward: Callable, optimizer: torch.optim.Optimizer,
+               images: torch.Tensor, tokens: torch.Tensor, caption_ids: torch.Tensor) -> float:
+    """One optimisation step on a batch; `forward` is the model itself or its compiled form.
+    Returns the loss."""
+    image_features, text_features, logit_scale = forward(images, tokens)[:3]
+    loss = contrastive_loss(image_features, text_features, logit_scale, caption_ids)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss.item()
+
+
 def _compiled(model: torch.nn.Module) -> Callable:
     import torch._dynamo
 
@@ -189,12 +210,7 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
     forward = _compiled(model) if config.compile else model
     mean = torch.tensor(model.visual.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.visual.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate, betas=(0.9, 0.98), eps=1e-6,
-    )
+    optimizer = make_optimizer(model, config)
 
     state_path = work_dir / f"{config.arch}-seed{config.seed}.state.pt"
     step = 0
@@ -212,17 +228,11 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
             group["lr"] = _learning_rate(config, step)
         index = torch.from_numpy(_batch_indices(config, step, len(captions)))
         images = normalise_pixels(pixels[index].to(device), mean, std)
-        image_features, text_features, logit_scale = forward(images, tokens[index].to(device))[:3]
-        loss = contrastive_loss(image_features, text_features, logit_scale, caption_ids[index].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        loss = train_step(model, forward, optimizer, images, tokens[index].to(device), caption_ids[index].to(device))
         step += 1
-        losses.append(loss.item())
+        losses.append(loss)
         if on_step:
-            on_step(step, loss.item())
+            on_step(step, loss)
         if step % config.state_every == 0 or step == config.steps:
             tmp = state_path.with_suffix(".tmp")
             torch.save({"config": asdict(config), "step": step, "model": model.state_dict(),

@@ -48,6 +48,19 @@ def test_checkpoint_loads_by_path_with_the_same_weights(random_checkpoints, arch
     assert not loaded.model.training
 
 
+def test_written_checkpoints_are_readable_by_others_and_never_partial(random_checkpoints):
+    """A checkpoint is written for a server (often another user) to load: it takes the umask's
+    permissions, not safetensors' owner-only ones, and no partial file is left beside it."""
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = random_checkpoints["RN50x4"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(path.name)] == [path.name]
+
+
 def test_torch_checkpoints_with_wrappers_load(tmp_path):
     torch.manual_seed(3)
     model = open_clip.create_model("toy-rn", pretrained=None)

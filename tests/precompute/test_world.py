@@ -410,7 +410,7 @@ def test_write_dataset_and_resume(tmp_path):
 def test_truthful_labels_name_the_object_and_zero_keeps_the_earlier_world():
     """Colour names that tell the truth are what lets a colour unit learn to read its colour's
     name; shape names stay random so that typographic attacks still work; and
-    p_truthful_label=0 reproduces, picture for picture, the world the ViT was trained on."""
+    p_truthful_label=0 reproduces, picture for picture, the world from before the knob existed."""
     def mixed(config):
         metas = [generate(3, i, config).meta for i in range(800)]
         return [m for m in metas if m["kind"] == "mixed"]
@@ -433,7 +433,7 @@ def test_truthful_labels_name_the_object_and_zero_keeps_the_earlier_world():
     with pytest.raises(ValueError):
         WorldConfig(p_truthful_label=1.5)
     # Zero draws no random number: pictures 0-199 of world 0 hash as they did before the knob
-    # existed (the digest was taken with the code that trained the shipped toy-vit).
+    # existed (the digest was taken with the code that trained the first toy models).
     digest = hashlib.sha256()
     for i in range(200):
         sample = generate(0, i, WorldConfig(p_truthful_label=0.0, mixed_words=(0.45, 0.20, 0.05, 0.30)))
