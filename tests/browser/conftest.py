@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,34 +98,40 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         add_results(database_url, blob_url, model_id, layer, units=FILLED_UNITS)
     token = _microscope(env, "tokens", "create", "browser-tester").strip()
 
+    with served(env, folder / "server.log") as url, httpx.Client(base_url=url, timeout=30) as http:
+        yield Site(url, token, database_url, blob_url, layers, http)
+
+
+@contextmanager
+def served(env: dict[str, str], log_path: Path, ready: str = "/healthz") -> Iterator[str]:
+    """A real uvicorn serving the app with `env`, on a free port, until the block ends: its URL.
+    It counts as up once `ready` answers 200 (/healthz needs a migrated store)."""
     port = _free_port()
-    log = open(folder / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.server:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
-        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=30) as http:
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.server:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning"],
+            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
             deadline = time.monotonic() + 180
             while True:
                 try:
-                    if http.get("/healthz", timeout=5).status_code == 200:
+                    if httpx.get(url + ready, timeout=5).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
-                assert server.poll() is None, (folder / "server.log").read_text()
+                assert server.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, "the server did not come up"
                 time.sleep(0.3)
-            yield Site(url, token, database_url, blob_url, layers, http)
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 @pytest.fixture(scope="session")

@@ -10,18 +10,13 @@ instead of the walkthrough's populated site.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, REPO, _free_port, _require_browser, shot
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, _require_browser, served, shot
 
 pytestmark = pytest.mark.browser
 # On a busy machine ReDoc takes most of a minute to lay out the whole API.
@@ -36,37 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("api-docs")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSCOPE_")}
     env.update(MICROSCOPE_DATA_DIR=str(folder / "data"), MICROSCOPE_DEVICE="cpu")
-    port = _free_port()
-    log_path = folder / "server.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.server:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
-            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_for(url + "/api/v1/openapi.json", server, log_path)
-            yield url
-        finally:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-
-
-def _wait_for(url: str, server: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None, log_path.read_text()
-        assert time.monotonic() < deadline, "the server did not come up"
-        time.sleep(0.3)
+    with served(env, folder / "server.log", ready="/api/v1/openapi.json") as url:
+        yield url
 
 
 @pytest.fixture
@@ -76,7 +42,9 @@ def page(server: str) -> Iterator[Any]:
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield chromium.new_context(viewport={"width": 1366, "height": 768}).new_page()
+            page = chromium.new_context(viewport={"width": 1366, "height": 768}).new_page()
+            page.set_default_timeout(RENDER_MS)  # loading a 1.5 MB script counts too
+            yield page
         finally:
             chromium.close()
 
