@@ -7,13 +7,12 @@ hundred steps, so an interrupted run continues exactly where it stopped.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +43,6 @@ class TrainConfig:
     # where no C++ compiler is found.
     compile: bool = False
     device: str = "cpu"
-    # WorldConfig fields that differ from today's world (a recipe trained on an earlier world).
-    world: dict = field(default_factory=dict)
 
 
 # The shipped checkpoints' recipes: each fits in 30 minutes on 2 CPU cores (data and
@@ -59,24 +56,21 @@ RECIPES: dict[str, dict] = {
 
 
 def recipe(arch: str, seed: int = 0) -> TrainConfig:
-    return TrainConfig(arch=arch, seed=seed, **copy.deepcopy(RECIPES[arch]))
+    return TrainConfig(arch=arch, seed=seed, **RECIPES[arch])
 
 
-def _generate_chunk(args: tuple[int, int, int, dict]):
+def _generate_chunk(args: tuple[int, int, int]):
     from precompute.world import WorldConfig, generate_batch
 
-    seed, start, count, world = args
-    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in world.items()}
-    pixels, captions, _metas = generate_batch(seed, start, count, WorldConfig(**fields))
+    seed, start, count = args
+    pixels, captions, _metas = generate_batch(seed, start, count, WorldConfig())
     return pixels, captions
 
 
 def generate_training_set(seed: int, count: int, processes: int = 2, chunk: int = 2000,
-                          progress: Callable[[int], None] | None = None,
-                          world: dict | None = None) -> tuple[np.ndarray, list[str]]:
-    """Images (N, H, W, 3) uint8 and captions for indices [0, count) of the world `seed`
-    (WorldConfig fields in `world` override today's defaults)."""
-    jobs = [(seed, start, min(chunk, count - start), world or {}) for start in range(0, count, chunk)]
+                          progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Images (N, H, W, 3) uint8 and captions for indices [0, count) of the world `seed`."""
+    jobs = [(seed, start, min(chunk, count - start)) for start in range(0, count, chunk)]
     pixels, captions = [], []
     if processes > 1:
         context = multiprocessing.get_context("spawn")
@@ -196,8 +190,7 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
     tokenizer = make_tokenizer(config.arch)
 
     started = time.time()
-    pixels_np, captions = generate_training_set(config.seed, config.train_images, progress=on_data,
-                                                world=config.world)
+    pixels_np, captions = generate_training_set(config.seed, config.train_images, progress=on_data)
     pixels = torch.from_numpy(pixels_np)
     tokens = tokenizer(captions)
     _, caption_ids = torch.unique(tokens, dim=0, return_inverse=True)
