@@ -7,12 +7,14 @@ hundred steps, so an interrupted run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +45,19 @@ class TrainConfig:
     # where no C++ compiler is found.
     compile: bool = False
     device: str = "cpu"
+    # The world this model trains on: WorldConfig fields that differ from its defaults.
+    world: dict = field(default_factory=dict)
 
 
 # The shipped checkpoints' recipes: each fits in 30 minutes on 2 CPU cores (data and
 # compilation included).
 RECIPES: dict[str, dict] = {
-    "toy-rn": {"steps": 2500, "batch_size": 128, "learning_rate": 2e-3, "warmup_steps": 200, "compile": True},
+    # A world that shows colour names more often and captions them more often by what they
+    # mean ("something red" under the word "red" written in blue): each such picture asks the
+    # units that see a colour to read its name too. It took toy-rn from 4-5 to 6 of 8
+    # multimodal colours on three eval seeds, and typographic success from 0.59 to 0.77.
+    "toy-rn": {"steps": 2500, "batch_size": 128, "learning_rate": 2e-3, "warmup_steps": 200, "compile": True,
+               "world": {"p_meaning_word": 0.85, "p_meaning_caption": 0.85}},
     # Eager: under deterministic algorithms the compiled transformer step is slower, not faster.
     # Batch 192 keeps 1,600 steps inside 30 minutes; a narrower ViT (width 96) did worse.
     "toy-vit": {"steps": 1600, "batch_size": 192, "learning_rate": 1e-3, "warmup_steps": 100},
@@ -56,21 +65,24 @@ RECIPES: dict[str, dict] = {
 
 
 def recipe(arch: str, seed: int = 0) -> TrainConfig:
-    return TrainConfig(arch=arch, seed=seed, **RECIPES[arch])
+    return TrainConfig(arch=arch, seed=seed, **copy.deepcopy(RECIPES[arch]))
 
 
-def _generate_chunk(args: tuple[int, int, int]):
+def _generate_chunk(args: tuple[int, int, int, dict]):
     from precompute.world import WorldConfig, generate_batch
 
-    seed, start, count = args
-    pixels, captions, _metas = generate_batch(seed, start, count, WorldConfig())
+    seed, start, count, world = args
+    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in world.items()}
+    pixels, captions, _metas = generate_batch(seed, start, count, WorldConfig(**fields))
     return pixels, captions
 
 
 def generate_training_set(seed: int, count: int, processes: int = 2, chunk: int = 2000,
-                          progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str]]:
-    """Images (N, H, W, 3) uint8 and captions for indices [0, count) of the world `seed`."""
-    jobs = [(seed, start, min(chunk, count - start)) for start in range(0, count, chunk)]
+                          progress: Callable[[int], None] | None = None,
+                          world: dict | None = None) -> tuple[np.ndarray, list[str]]:
+    """Images (N, H, W, 3) uint8 and captions for indices [0, count) of the world `seed`
+    (WorldConfig fields in `world` override today's defaults)."""
+    jobs = [(seed, start, min(chunk, count - start), world or {}) for start in range(0, count, chunk)]
     pixels, captions = [], []
     if processes > 1:
         context = multiprocessing.get_context("spawn")
@@ -148,12 +160,18 @@ def train_step(model: torch.nn.Module, forward: Callable, optimizer: torch.optim
     return loss.item()
 
 
-def _compiled(model: torch.nn.Module) -> Callable:
+def compiled_forward(model: torch.nn.Module) -> Callable:
+    """The model compiled by inductor; it compiles on its first call."""
+    return torch.compile(model)
+
+
+def _eager_fallback(enabled: bool):
+    """While training, a machine without a C++ compiler (or an op inductor cannot lower) trains
+    eagerly instead of failing. Scoped to the run: elsewhere in the process (a server, a
+    benchmark) a compile error must still surface."""
     import torch._dynamo
 
-    # A machine without a C++ compiler (or an op inductor cannot lower) trains eagerly.
-    torch._dynamo.config.suppress_errors = True
-    return torch.compile(model)
+    return torch._dynamo.config.patch(suppress_errors=True) if enabled else contextlib.nullcontext()
 
 
 def _batch_indices(config: TrainConfig, step: int, count: int) -> np.ndarray:
@@ -176,7 +194,8 @@ def train(config: TrainConfig, out_path: Path, work_dir: Path,
         # Compiled CPU kernels otherwise accumulate some gradients with atomic adds, whose order
         # varies from run to run: two compiled 20-step runs left 175 of 201 tensors different.
         torch.use_deterministic_algorithms(True, warn_only=True)
-        return _train(config, out_path, work_dir, on_step, on_data)
+        with _eager_fallback(config.compile):
+            return _train(config, out_path, work_dir, on_step, on_data)
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic[0], warn_only=previous_deterministic[1])
@@ -190,7 +209,8 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
     tokenizer = make_tokenizer(config.arch)
 
     started = time.time()
-    pixels_np, captions = generate_training_set(config.seed, config.train_images, progress=on_data)
+    pixels_np, captions = generate_training_set(config.seed, config.train_images, progress=on_data,
+                                                world=config.world)
     pixels = torch.from_numpy(pixels_np)
     tokens = tokenizer(captions)
     _, caption_ids = torch.unique(tokens, dim=0, return_inverse=True)
@@ -200,7 +220,7 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
     torch.manual_seed(config.seed)
     model = open_clip.create_model(config.arch, pretrained=None).to(device)
     model.train()
-    forward = _compiled(model) if config.compile else model
+    forward = compiled_forward(model) if config.compile else model
     mean = torch.tensor(model.visual.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.visual.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
     optimizer = make_optimizer(model, config)
