@@ -8,11 +8,9 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,12 +26,6 @@ class Server:
     url: str
     backend: str
     unit_paths: list[str]  # populated units of the toy models, as /models/.../index
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -63,6 +55,7 @@ def serve(backend: str, units: int = 64, images: int = 64) -> Iterator[Server]:
     sys.path.insert(0, str(REPO))
     from app.store import migrations
     from tests.sample_store import populate
+    from tests.server import served
 
     folder = Path(tempfile.mkdtemp(prefix=f"microscope-bench-{backend}-"))
     try:
@@ -72,44 +65,10 @@ def serve(backend: str, units: int = 64, images: int = 64) -> Iterator[Server]:
             paths = [f"/models/{m}/{info['layer']}/{i}" for m, info in populated.models.items() for i in range(info["units"])]
             env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSCOPE_")}
             env.update(MICROSCOPE_DATABASE_URL=url, MICROSCOPE_BLOB_URL=str(folder / "blobs"), MICROSCOPE_DATA_DIR=str(folder))
-            port = _free_port()
-            log = open(folder / "server.log", "w")
-            server = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.server:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
-                 "--log-level", "warning", "--no-access-log"],
-                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            )
-            try:
-                base = f"http://127.0.0.1:{port}"
-                _wait_healthy(base, server, folder / "server.log")
+            with served(env, folder / "server.log", uvicorn_args=["--no-access-log"]) as base:
                 yield Server(base, backend, paths)
-            finally:
-                server.terminate()
-                try:
-                    server.wait(15)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                log.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _wait_healthy(base: str, server: subprocess.Popen, log: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 180
-    with httpx.Client(timeout=5) as client:
-        while True:
-            try:
-                if client.get(f"{base}/healthz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise RuntimeError(f"the server exited:\n{log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become healthy")
-            time.sleep(0.3)
 
 
 def load_tool(preferred: str = "auto") -> str:

@@ -10,17 +10,16 @@ those jobs will write it, so every part of the unit page is exercised.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.server import served
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
@@ -41,12 +40,6 @@ class Site:
     blob_url: str
     layers: dict[str, str]  # model id -> final layer name
     http: httpx.Client  # for fetching what pages link to (images, JSON twins)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _microscope(env: dict[str, str], *args: str, timeout: float = 900) -> str:
@@ -100,38 +93,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
     with served(env, folder / "server.log") as url, httpx.Client(base_url=url, timeout=30) as http:
         yield Site(url, token, database_url, blob_url, layers, http)
-
-
-@contextmanager
-def served(env: dict[str, str], log_path: Path, ready: str = "/healthz") -> Iterator[str]:
-    """A real uvicorn serving the app with `env`, on a free port, until the block ends: its URL.
-    It counts as up once `ready` answers 200 (/healthz needs a migrated store)."""
-    port = _free_port()
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.server:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
-            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(url + ready, timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert server.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.3)
-            yield url
-        finally:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, _require_browser, served, shot
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, _require_browser, shot
+from tests.server import served
 
 pytestmark = pytest.mark.browser
 # On a busy machine ReDoc takes most of a minute to lay out the whole API.

@@ -13,6 +13,7 @@ import open_clip
 import pytest
 import torch
 import torch._dynamo
+import torch.nn.functional as F
 
 from precompute.registry import load_embedded, load_model
 from precompute.toy import TOY_ARCHITECTURES, embedded_checkpoint
@@ -78,6 +79,59 @@ def test_training_is_resumable_and_reproducible(tmp_path):
     # The checkpoint describes itself: the registry builds the word tokenizer from it.
     loaded = load_model("whole", "toy-rn", checkpoint=tmp_path / "whole.safetensors")
     assert loaded.tokenizer("a red circle").shape == (1, 24)
+
+
+def test_a_student_learns_from_its_teacher(tmp_path):
+    """A toy-vit taught by toy-rn starts from the teacher's text tower and temperature, keeps
+    the text tower locked while its image tower moves toward the teacher's image embeddings,
+    and a rerun is the same run bit for bit."""
+    from precompute.checkpoints import read_metadata, sha256_of
+
+    teacher = load_embedded("toy-rn").model.state_dict()
+    config = TrainConfig(arch="toy-vit", seed=2, train_images=48, steps=3, batch_size=16, warmup_steps=1, teacher="toy-rn",
+                         world=recipe("toy-rn").world)
+    taught = []
+    summary = train(config, tmp_path / "student.safetensors", tmp_path / "work", on_teacher=taught.append)
+    assert sum(taught) == 48
+    assert summary["teacher_sha256"] == sha256_of(embedded_checkpoint("toy-rn"))
+    assert json.loads(read_metadata(tmp_path / "student.safetensors")["training"])["config"]["teacher"] == "toy-rn"
+    student = load_model("student", "toy-vit", checkpoint=tmp_path / "student.safetensors").model.state_dict()
+    text_keys = [key for key in teacher if not key.startswith("visual.") and key != "logit_scale"]
+    assert text_keys and all(torch.equal(student[key], teacher[key]) for key in text_keys)
+    torch.manual_seed(config.seed)
+    initial = open_clip.create_model("toy-vit", pretrained=None).state_dict()
+    assert not torch.equal(initial["visual.proj"], student["visual.proj"])
+
+    train(config, tmp_path / "again.safetensors", tmp_path / "work-again")
+    again = load_model("again", "toy-vit", checkpoint=tmp_path / "again.safetensors").model.state_dict()
+    assert all(torch.equal(student[key], again[key]) for key in student)
+
+
+def test_the_distillation_term_pulls_toward_the_teacher():
+    """With teacher features, the loss adds distill_weight times the mean cosine distance."""
+    from precompute.toy.train import TrainConfig as Config
+    from precompute.toy.train import contrastive_loss, make_optimizer, train_step
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("toy-vit", pretrained=None).train()
+    images, tokens = torch.randn(8, 3, 64, 64), torch.randint(1, 1000, (8, 24))
+    ids = torch.arange(8)
+    with torch.no_grad():
+        image_features, text_features, scale = model(images, tokens)[:3]
+        plain = float(contrastive_loss(image_features, text_features, scale, ids))
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # the features stay those computed above
+    assert train_step(model, model, frozen, images, tokens, ids, image_features, 10.0) == pytest.approx(plain, rel=1e-4)
+    # Opposite targets: a cosine distance of 2 for every image, times the weight.
+    assert train_step(model, model, frozen, images, tokens, ids, -image_features, 10.0) == pytest.approx(plain + 20.0, rel=1e-4)
+    # And a real optimizer step on the distillation term alone moves the features toward the targets.
+    targets = F.normalize(torch.randn_like(image_features), dim=-1)
+    before = float((image_features * targets).sum(dim=1).mean())
+    optimizer = make_optimizer(model, Config(arch="toy-vit", learning_rate=1e-3))
+    for _ in range(5):
+        train_step(model, model, optimizer, images, tokens, ids, targets, 1000.0)
+    with torch.no_grad():
+        after = float((model(images, tokens)[0] * targets).sum(dim=1).mean())
+    assert after > before + 0.2
 
 
 @pytest.mark.slow
