@@ -262,23 +262,16 @@ def toy_train(
     data_bar = tqdm(total=config.train_images, desc=f"{name} data", unit="img")
     step_bar = tqdm(total=config.steps, desc=f"{name} train", unit="step")
 
-    teacher_bar = tqdm(total=config.train_images, desc=f"{config.teacher} teaching", unit="img") if config.teacher else None
-
     def on_data(n: int) -> None:
         data_bar.update(n)
-
-    def on_teacher(n: int) -> None:
-        teacher_bar.update(n)
 
     def on_step(step: int, loss: float) -> None:
         step_bar.n = step
         step_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         step_bar.refresh()
 
-    summary = train(config, target, state_dir, on_step=on_step, on_data=on_data, on_teacher=on_teacher)
+    summary = train(config, target, state_dir, on_step=on_step, on_data=on_data)
     data_bar.close()
-    if teacher_bar:
-        teacher_bar.close()
     step_bar.close()
     typer.echo(json.dumps(summary))
     typer.echo(f"wrote {target}")

@@ -117,6 +117,13 @@ def make_tokenizer(arch: str) -> WordTokenizer:
     return WordTokenizer(caption_vocabulary(), text_cfg["vocab_size"], text_cfg["context_length"])
 
 
+def image_normalisation(model: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's per-channel mean and std, shaped (1, 3, 1, 1) for normalise_pixels."""
+    cfg = model.visual.preprocess_cfg
+    return (torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1),
+            torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1))
+
+
 def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) with the model's mean and std."""
     images = pixels.permute(0, 3, 1, 2).float().div_(255.0)
@@ -200,8 +207,7 @@ def _learn_from_teacher(model: torch.nn.Module, teacher_id: str, tokenizer: Word
         raise ValueError(f"teacher {teacher_id}'s text tower does not fit the student ({sorted(missing)[0]})")
     model.load_state_dict(text_state, strict=False)
     model.lock_text_tower()
-    mean = torch.tensor(teacher.model.visual.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(teacher.model.visual.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
+    mean, std = image_normalisation(teacher.model, device)
     features = []
     with torch.no_grad():
         for start in range(0, len(pixels), batch_size):
@@ -264,8 +270,7 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
         teacher_features, teacher_sha256 = _learn_from_teacher(model, config.teacher, tokenizer, pixels, device, on_teacher)
     model.train()
     forward = torch.compile(model) if config.compile else model
-    mean = torch.tensor(model.visual.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(model.visual.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
+    mean, std = image_normalisation(model, device)
     optimizer = make_optimizer(model, config)
 
     state_path = work_dir / f"{config.arch}-seed{config.seed}.state.pt"
