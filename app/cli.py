@@ -230,6 +230,9 @@ def toy_train(
     compile_model: Annotated[Optional[bool], typer.Option(
         "--compile/--no-compile", help="Train through torch.compile (the recipe does).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    teacher: Annotated[Optional[str], typer.Option(
+        help="The shipped toy model to learn from (rn or vit), or 'none' (default: the recipe's; "
+             "toy-vit's learns from rn).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Checkpoint path (default: the package's).")] = None,
     work_dir: Annotated[Optional[Path], typer.Option(help="Where resumable training state goes.")] = None,
 ) -> None:
@@ -256,23 +259,38 @@ def toy_train(
         config.threads = threads
     if compile_model is not None:
         config.compile = compile_model
+    if teacher is not None:
+        if teacher != "none" and teacher not in TOY_ARCHITECTURES:
+            _fail(f"--teacher must be one of {', '.join(TOY_ARCHITECTURES)} or none")
+        if teacher == arch:
+            _fail("--teacher must be another model than --arch")
+        config.teacher = None if teacher == "none" else TOY_ARCHITECTURES[teacher]
+        if config.teacher is None:
+            config.hints = []  # hints are the teacher's maps
+    if config.teacher and not embedded_checkpoint(config.teacher).is_file():
+        _fail(f"--teacher: the shipped {config.teacher} checkpoint is missing; train it first")
     config.device = _training_device(device)
     target = out or embedded_checkpoint(name)
     state_dir = work_dir or get_settings().data_dir / "training"
     data_bar = tqdm(total=config.train_images, desc=f"{name} data", unit="img")
+    teacher_bar = tqdm(total=config.train_images, desc=f"{name} teacher {config.teacher}", unit="img",
+                       disable=not config.teacher)
     step_bar = tqdm(total=config.steps, desc=f"{name} train", unit="step")
 
     def on_data(n: int) -> None:
         data_bar.update(n)
+
+    def on_teacher(n: int) -> None:
+        teacher_bar.update(n)
 
     def on_step(step: int, loss: float) -> None:
         step_bar.n = step
         step_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         step_bar.refresh()
 
-    summary = train(config, target, state_dir, on_step=on_step, on_data=on_data)
-    data_bar.close()
-    step_bar.close()
+    summary = train(config, target, state_dir, on_step=on_step, on_data=on_data, on_teacher=on_teacher)
+    for bar in (data_bar, teacher_bar, step_bar):
+        bar.close()
     typer.echo(json.dumps(summary))
     typer.echo(f"wrote {target}")
 

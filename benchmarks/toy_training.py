@@ -5,7 +5,9 @@ included; compiling is what lets toy-rn's recipe take 2,500 steps inside that. T
 optimisation step (forward, contrastive loss, backward, AdamW) of each model at its recipe's
 batch size, eager and compiled interleaved, after warm-up (compilation is reported apart), and
 prints one JSON object: per-step medians, the eager/compiled speed ratio and the projected
-recipe time.
+recipe time. A recipe that learns from a teacher (toy-vit) is also timed as it trains, its text
+tower locked and read from caption embeddings computed once ("taught"), against the eager step
+that runs both towers.
 
     python benchmarks/toy_training.py [--arch toy-rn --arch toy-vit] [--repeats 8]
 """
@@ -25,19 +27,33 @@ import torch  # noqa: E402
 
 from benchmarks._common import interleaved, machine, median  # noqa: E402
 from precompute.toy import register_toy_configs  # noqa: E402
-from precompute.toy.train import make_optimizer, recipe, train_step  # noqa: E402
+from precompute.toy.train import (  # noqa: E402
+    caption_features,
+    locked_text_forward,
+    make_optimizer,
+    recipe,
+    train_step,
+)
 
 
-def _step_function(model: torch.nn.Module, forward, config):
-    """The recipe's own training step on a fixed random batch."""
+def _step_function(model: torch.nn.Module, forward, config, teacher: bool = False):
+    """The recipe's own training step on a fixed random batch. With `teacher`, as a taught
+    recipe trains: text tower locked and read from caption embeddings computed once, and the
+    distillation term on (random) teacher targets."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(config.batch_size, 3, 64, 64, generator=generator)
     tokens = torch.randint(1, 1000, (config.batch_size, 24), generator=generator)
     caption_ids = torch.arange(config.batch_size)
+    targets, text = None, tokens
+    if teacher:
+        model.lock_text_tower()
+        forward = locked_text_forward(model, caption_features(model, tokens, torch.device("cpu")))
+        targets = torch.nn.functional.normalize(torch.randn(config.batch_size, 128, generator=generator), dim=-1)
+        text = caption_ids
     optimizer = make_optimizer(model, config)
 
     def step() -> None:
-        train_step(model, forward, optimizer, images, tokens, caption_ids)
+        train_step(model, forward, optimizer, images, text, caption_ids, targets, config.distill_weight)
 
     return step
 
@@ -58,14 +74,22 @@ def main() -> None:
         compiled_model = open_clip.create_model(arch, pretrained=None).train()
         eager = _step_function(eager_model, eager_model, config)
         compiled = _step_function(compiled_model, torch.compile(compiled_model), config)
+        candidates = {"eager": eager, "compiled": compiled}
+        if config.teacher:
+            taught_model = open_clip.create_model(arch, pretrained=None).train()
+            candidates["taught"] = _step_function(taught_model, taught_model, config, teacher=True)
         started = time.perf_counter()
         compiled()
         compile_seconds = time.perf_counter() - started
-        eager()
-        compiled()
-        times = interleaved({"eager": eager, "compiled": compiled}, args.repeats)
+        for step in candidates.values():
+            step()
+        times = interleaved(candidates, args.repeats)
         eager_s, compiled_s = median(times["eager"]), median(times["compiled"])
         chosen = compiled_s if config.compile else eager_s
+        taught = {}
+        if config.teacher:
+            chosen = median(times["taught"])
+            taught = {"taught_step_s": round(chosen, 4), "speedup_taught_vs_eager": round(eager_s / chosen, 3)}
         results["models"][arch] = {
             "batch_size": config.batch_size,
             "recipe_steps": config.steps,
@@ -74,6 +98,7 @@ def main() -> None:
             "compiled_step_s": round(compiled_s, 4),
             "compile_s": round(compile_seconds, 1),
             "speedup_compiled_vs_eager": round(eager_s / compiled_s, 3),
+            **taught,
             "projected_recipe_steps_min": round(chosen * config.steps / 60, 1),
         }
     print(json.dumps(results, indent=1))

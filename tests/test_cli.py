@@ -141,6 +141,8 @@ def test_serve_answers_healthz(migrated_url, cli_env):
         (["--arch", "rn", "--steps", "0"], "--steps must be at least 1"),
         (["--arch", "rn", "--threads", "-1"], "--threads must be 0"),
         (["--arch", "rn", "--device", "tpu9"], "is not a torch device"),
+        (["--arch", "vit", "--teacher", "clip"], "--teacher must be one of"),
+        (["--arch", "vit", "--teacher", "vit"], "--teacher must be another model"),
         (["--arch", "rn", "--device", "cuda"] if not __import__("torch").cuda.is_available()
          else ["--arch", "rn", "--device", "meta"], "--device"),
     ],

@@ -53,6 +53,10 @@ class TrainConfig:
     # denser than the batch-relative contrastive one.
     teacher: str | None = None
     distill_weight: float = 10.0
+    # Hints from the teacher's intermediate maps: [student block, teacher stage] pairs (see hints.py),
+    # each a cosine distance per position, averaged over the hints and weighted by hint_weight.
+    hints: list = field(default_factory=list)
+    hint_weight: float = 5.0
 
 
 # The shipped checkpoints' recipes: each fits in 30 minutes on 2 CPU cores (data and
@@ -65,10 +69,18 @@ RECIPES: dict[str, dict] = {
     "toy-rn": {"steps": 2500, "batch_size": 128, "learning_rate": 2e-3, "warmup_steps": 200, "compile": True,
                "world": {"p_meaning_word": 0.85, "p_meaning_caption": 0.85}},
     # Eager: under deterministic algorithms the compiled transformer step is slower, not faster.
-    # Batch 192 keeps 1,600 steps inside 30 minutes; a narrower ViT (width 96) did worse.
-    # 30 CPU minutes leave it barely reading (typographic success 0.14 in this world, 0.20 in
-    # toy-rn's). Learning from toy-rn (`teacher`) is the next thing to try; no run of it yet.
-    "toy-vit": {"steps": 1600, "batch_size": 192, "learning_rate": 1e-3, "warmup_steps": 100},
+    # On its own, 30 CPU minutes left it barely reading (typographic success 0.14, 1 multimodal
+    # colour). So it learns from toy-rn, which reads, on toy-rn's world: it takes toy-rn's locked
+    # text tower (caption embeddings are then computed once, not every step), is pulled toward
+    # toy-rn's embedding of every training image, and gets hints: its patch tokens after blocks
+    # 2, 4 and 5 must map linearly onto toy-rn's layer2, layer3 and layer4 maps, a target per
+    # region that teaches a ViT locality far faster than image-level targets do (hints at blocks
+    # 2 and 4 alone took it from 1 to 5 multimodal colours). Its tower pools by averaging the
+    # patch tokens (configs/toy-vit.json), so the last block's patch neurons, the ones Microscope
+    # ranks, are the ones that make the embedding, as layer4 is for a ResNet.
+    "toy-vit": {"steps": 1400, "batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 100,
+                "teacher": "toy-rn", "hints": [[2, "layer2"], [4, "layer3"], [5, "layer4"]], "hint_weight": 7.5,
+                "world": {"p_meaning_word": 0.85, "p_meaning_caption": 0.85}},
 }
 
 
@@ -150,10 +162,11 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
     return 0.5 * config.learning_rate * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, *scaffolding: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW as CLIP trains, without weight decay on gains, biases, embeddings and the temperature
-    (and without the parameters a teacher's locked text tower froze)."""
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    (and without the parameters a teacher's locked text tower froze). `scaffolding` (hint heads)
+    trains alongside."""
+    trainable = [(n, p) for module in (model, *scaffolding) for n, p in module.named_parameters() if p.requires_grad]
     decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embedding" not in n)]
     return torch.optim.AdamW(
@@ -163,15 +176,19 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
 
 
 def train_step(model: torch.nn.Module, forward: Callable, optimizer: torch.optim.Optimizer,
-               images: torch.Tensor, tokens: torch.Tensor, caption_ids: torch.Tensor,
-               teacher_features: torch.Tensor | None = None, distill_weight: float = 0.0) -> float:
-    """One optimisation step on a batch; `forward` is the model itself or its compiled form.
+               images: torch.Tensor, text: torch.Tensor, caption_ids: torch.Tensor,
+               teacher_features: torch.Tensor | None = None, distill_weight: float = 0.0,
+               extra_loss: Callable[[], torch.Tensor] | None = None) -> float:
+    """One optimisation step on a batch; `forward` is the model itself, its compiled form, or a
+    `locked_text_forward`, and `text` what it reads (tokens, or caption ids for the latter).
     With `teacher_features` (unit vectors), the cosine distance of the image embeddings to them
-    joins the loss. Returns the loss."""
-    image_features, text_features, logit_scale = forward(images, tokens)[:3]
+    joins the loss, and so does `extra_loss()` (hints), called after the forward pass. Returns the loss."""
+    image_features, text_features, logit_scale = forward(images, text)[:3]
     loss = contrastive_loss(image_features, text_features, logit_scale, caption_ids)
     if teacher_features is not None:
         loss = loss + distill_weight * (1 - (image_features * teacher_features).sum(dim=1)).mean()
+    if extra_loss is not None:
+        loss = loss + extra_loss()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -189,13 +206,21 @@ def _eager_fallback(enabled: bool):
     return torch._dynamo.config.patch(suppress_errors=True) if enabled else contextlib.nullcontext()
 
 
+@dataclass
+class TeacherTargets:
+    features: torch.Tensor  # (N, embed_dim) unit image embeddings
+    maps: list[torch.Tensor]  # per hint, (N, h*w, channels) half-precision stage outputs
+    sha256: str
+
+
 def _learn_from_teacher(model: torch.nn.Module, teacher_id: str, tokenizer: WordTokenizer, pixels: torch.Tensor,
                         device: torch.device, progress: Callable[[int], None] | None,
-                        batch_size: int = 500) -> tuple[torch.Tensor, str]:
+                        hint_layers: list[str] | None = None, batch_size: int = 500) -> TeacherTargets:
     """Give `model` the embedded teacher's text tower (locked) and temperature; return the
-    teacher's unit image embeddings of `pixels`, (N, embed_dim) on the CPU, and the sha256
-    of the teacher's checkpoint."""
+    teacher's unit image embeddings of `pixels` and its maps at `hint_layers`, on the CPU, with
+    the sha256 of the teacher's checkpoint."""
     from precompute.registry import load_embedded
+    from precompute.toy.hints import teacher_map_hooks
 
     teacher = load_embedded(teacher_id, device=device)
     if getattr(teacher.tokenizer, "vocabulary", None) != tokenizer.vocabulary:
@@ -208,14 +233,43 @@ def _learn_from_teacher(model: torch.nn.Module, teacher_id: str, tokenizer: Word
     model.load_state_dict(text_state, strict=False)
     model.lock_text_tower()
     mean, std = image_normalisation(teacher.model, device)
-    features = []
-    with torch.no_grad():
-        for start in range(0, len(pixels), batch_size):
-            batch = normalise_pixels(pixels[start:start + batch_size].to(device), mean, std)
-            features.append(teacher.model.encode_image(batch, normalize=True).cpu())
-            if progress:
-                progress(len(batch))
-    return torch.cat(features), teacher.checkpoint_sha256
+    hint_layers = hint_layers or []
+    features, maps = [], {name: [] for name in hint_layers}
+    captured: dict[str, torch.Tensor] = {}
+    hooks = teacher_map_hooks(teacher.model.visual, hint_layers, captured)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(pixels), batch_size):
+                batch = normalise_pixels(pixels[start:start + batch_size].to(device), mean, std)
+                features.append(teacher.model.encode_image(batch, normalize=True).cpu())
+                for name in hint_layers:
+                    maps[name].append(captured.pop(name).cpu())
+                if progress:
+                    progress(len(batch))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return TeacherTargets(torch.cat(features), [torch.cat(maps[name]) for name in hint_layers],
+                          teacher.checkpoint_sha256)
+
+
+@torch.no_grad()
+def caption_features(model: torch.nn.Module, unique_tokens: torch.Tensor, device: torch.device,
+                     batch_size: int = 1024) -> torch.Tensor:
+    """Unit text embeddings of each distinct caption, (captions, embed_dim) on `device`."""
+    return torch.cat([model.encode_text(unique_tokens[start:start + batch_size].to(device), normalize=True)
+                      for start in range(0, len(unique_tokens), batch_size)])
+
+
+def locked_text_forward(model: torch.nn.Module, text_features: torch.Tensor, compile: bool = False) -> Callable:
+    """A forward pass for a model whose text tower is locked: its caption embeddings cannot change,
+    so they are looked up by caption id instead of recomputed, and no step pays for the text tower."""
+    encode_image = torch.compile(model.encode_image) if compile else model.encode_image
+
+    def forward(images: torch.Tensor, caption_ids: torch.Tensor):
+        return encode_image(images, normalize=True), text_features[caption_ids], model.logit_scale.exp()
+
+    return forward
 
 
 def _batch_indices(config: TrainConfig, step: int, count: int) -> np.ndarray:
@@ -250,6 +304,8 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
            on_step: Callable[[int, float], None] | None,
            on_data: Callable[[int], None] | None,
            on_teacher: Callable[[int], None] | None) -> dict:
+    if config.hints and not config.teacher:
+        raise ValueError("hints come from a teacher: set `teacher` too")
     register_toy_configs()
     work_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tokenizer(config.arch)
@@ -259,19 +315,34 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
                                                 world=config.world)
     pixels = torch.from_numpy(pixels_np)
     tokens = tokenizer(captions)
-    _, caption_ids = torch.unique(tokens, dim=0, return_inverse=True)
+    unique_tokens, caption_ids = torch.unique(tokens, dim=0, return_inverse=True)
     data_seconds = time.time() - started
 
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     model = open_clip.create_model(config.arch, pretrained=None).to(device)
-    teacher_features, teacher_sha256 = None, None
+    teacher_features, teacher_sha256, hint_maps, hints = None, None, [], None
+    teacher_started = time.time()
     if config.teacher:
-        teacher_features, teacher_sha256 = _learn_from_teacher(model, config.teacher, tokenizer, pixels, device, on_teacher)
+        taught = _learn_from_teacher(model, config.teacher, tokenizer, pixels, device, on_teacher,
+                                     [layer for _, layer in config.hints])
+        teacher_features, teacher_sha256, hint_maps = taught.features, taught.sha256, taught.maps
+    teacher_seconds = time.time() - teacher_started
+    if config.hints:
+        from precompute.toy.hints import HintHeads
+
+        hints = HintHeads(model.visual, config.hints, [m.shape[-1] for m in hint_maps],
+                          [math.isqrt(m.shape[1]) for m in hint_maps]).to(device)
+    scaffolding = [hints] if hints is not None else []
     model.train()
-    forward = torch.compile(model) if config.compile else model
+    if teacher_features is not None:  # the teacher's text tower is locked
+        forward = locked_text_forward(model, caption_features(model, unique_tokens, device), config.compile)
+        text_input = caption_ids
+    else:
+        forward = torch.compile(model) if config.compile else model
+        text_input = tokens
     mean, std = image_normalisation(model, device)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, *scaffolding)
 
     state_path = work_dir / f"{config.arch}-seed{config.seed}.state.pt"
     step = 0
@@ -280,6 +351,8 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
         if state.get("config") == asdict(config):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            if hints is not None:
+                hints.load_state_dict(state["hints"])
             step = int(state["step"])
 
     losses: list[float] = []
@@ -290,8 +363,12 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
         index = torch.from_numpy(_batch_indices(config, step, len(captions)))
         images = normalise_pixels(pixels[index].to(device), mean, std)
         targets = teacher_features[index].to(device) if teacher_features is not None else None
-        loss = train_step(model, forward, optimizer, images, tokens[index].to(device), caption_ids[index].to(device),
-                          targets, config.distill_weight)
+        hint_loss = None
+        if hints is not None:
+            def hint_loss():
+                return config.hint_weight * hints.loss([m[index].to(device) for m in hint_maps])
+        loss = train_step(model, forward, optimizer, images, text_input[index].to(device), caption_ids[index].to(device),
+                          targets, config.distill_weight, hint_loss)
         step += 1
         losses.append(loss)
         if on_step:
@@ -299,16 +376,18 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
         if step % config.state_every == 0 or step == config.steps:
             tmp = state_path.with_suffix(".tmp")
             torch.save({"config": asdict(config), "step": step, "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict()}, tmp)
+                        "optimizer": optimizer.state_dict(), **({"hints": hints.state_dict()} if hints is not None else {})}, tmp)
             tmp.replace(state_path)
 
+    if hints is not None:
+        hints.detach_hooks()
     model.eval().cpu()
     summary = {
         "arch": config.arch,
         "config": asdict(config),
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "data_seconds": round(data_seconds, 1),
-        **({"teacher_sha256": teacher_sha256} if teacher_sha256 else {}),
+        **({"teacher_sha256": teacher_sha256, "teacher_seconds": round(teacher_seconds, 1)} if teacher_sha256 else {}),
         "train_seconds": round(time.time() - train_started, 1),
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,

@@ -4,6 +4,7 @@ The figures are checked on the shipped checkpoints through the same registry and
 code as any model, so a regression in the models or in the capture code fails here.
 """
 
+import copy
 import json
 import subprocess
 import sys
@@ -21,6 +22,20 @@ from precompute.toy.tokenizer import WordTokenizer
 from precompute.toy.train import TrainConfig, generate_training_set, make_tokenizer, recipe, train
 
 SHIPPED = [arch for arch in TOY_ARCHITECTURES.values()]
+
+
+class Halt(Exception):
+    """An interrupted training run."""
+
+
+def halt_at(stop: int):
+    """An on_step callback that interrupts training once step `stop` is done."""
+
+    def on_step(step, _loss):
+        if step == stop:
+            raise Halt
+
+    return on_step
 
 
 def test_end_of_text_is_the_highest_id_whatever_the_vocabulary():
@@ -41,7 +56,8 @@ def test_a_recipe_trains_on_its_own_world():
     from precompute.world import WorldConfig, generate_batch
 
     rn, vit = recipe("toy-rn"), recipe("toy-vit")
-    assert rn.world == {"p_meaning_word": 0.85, "p_meaning_caption": 0.85} and vit.world == {}
+    assert rn.world == {"p_meaning_word": 0.85, "p_meaning_caption": 0.85} and vit.world == rn.world
+    assert vit.teacher == "toy-rn" and rn.teacher is None  # toy-vit learns on the world its teacher saw
     rn.world["p_meaning_word"] = 0.1
     assert recipe("toy-rn").world["p_meaning_word"] == 0.85  # each call gets its own copy
 
@@ -60,15 +76,8 @@ def test_training_is_resumable_and_reproducible(tmp_path):
     halted = TrainConfig(**{**config.__dict__})
     work = tmp_path / "work-split"
 
-    class Halt(Exception):
-        pass
-
-    def stop_at_two(step, _loss):
-        if step == 2:
-            raise Halt
-
     with pytest.raises(Halt):
-        train(halted, tmp_path / "split.safetensors", work, on_step=stop_at_two)
+        train(halted, tmp_path / "split.safetensors", work, on_step=halt_at(2))
     train(halted, tmp_path / "split.safetensors", work)
     a = load_model("whole", "toy-rn", checkpoint=tmp_path / "whole.safetensors").model.state_dict()
     b = load_model("split", "toy-rn", checkpoint=tmp_path / "split.safetensors").model.state_dict()
@@ -82,14 +91,14 @@ def test_training_is_resumable_and_reproducible(tmp_path):
 
 
 def test_a_student_learns_from_its_teacher(tmp_path):
-    """A toy-vit taught by toy-rn starts from the teacher's text tower and temperature, keeps
-    the text tower locked while its image tower moves toward the teacher's image embeddings,
-    and a rerun is the same run bit for bit."""
+    """A toy-vit taught by toy-rn (its recipe: embeddings and hints) starts from the teacher's text
+    tower and temperature, keeps the text tower locked while its image tower moves toward the
+    teacher, and a rerun, or a run interrupted and resumed, is the same run bit for bit."""
     from precompute.checkpoints import read_metadata, sha256_of
 
     teacher = load_embedded("toy-rn").model.state_dict()
-    config = TrainConfig(arch="toy-vit", seed=2, train_images=48, steps=3, batch_size=16, warmup_steps=1, teacher="toy-rn",
-                         world=recipe("toy-rn").world)
+    config = TrainConfig(arch="toy-vit", seed=2, train_images=48, steps=4, batch_size=16, warmup_steps=1, teacher="toy-rn",
+                         hints=recipe("toy-vit").hints, world=recipe("toy-rn").world, state_every=2)
     taught = []
     summary = train(config, tmp_path / "student.safetensors", tmp_path / "work", on_teacher=taught.append)
     assert sum(taught) == 48
@@ -101,10 +110,58 @@ def test_a_student_learns_from_its_teacher(tmp_path):
     torch.manual_seed(config.seed)
     initial = open_clip.create_model("toy-vit", pretrained=None).state_dict()
     assert not torch.equal(initial["visual.proj"], student["visual.proj"])
+    assert not any(key.startswith("heads") for key in student)  # the hint heads stay out of the checkpoint
 
     train(config, tmp_path / "again.safetensors", tmp_path / "work-again")
     again = load_model("again", "toy-vit", checkpoint=tmp_path / "again.safetensors").model.state_dict()
     assert all(torch.equal(student[key], again[key]) for key in student)
+
+    with pytest.raises(Halt):
+        train(config, tmp_path / "resumed.safetensors", tmp_path / "work-resumed", on_step=halt_at(3))
+    train(config, tmp_path / "resumed.safetensors", tmp_path / "work-resumed")  # from the state of step 2
+    resumed = load_model("resumed", "toy-vit", checkpoint=tmp_path / "resumed.safetensors").model.state_dict()
+    assert all(torch.equal(student[key], resumed[key]) for key in student)
+
+
+def test_hints_pull_patch_tokens_toward_the_teacher_maps():
+    """Each hint head projects its block's patch tokens, pooled to the teacher map's grid; the loss
+    is the mean cosine distance to the teacher's vectors: 0 when they agree, 2 when opposed."""
+    from precompute.toy.hints import HintHeads
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("toy-vit", pretrained=None).eval()
+    hints = HintHeads(model.visual, [(1, "layer2"), (3, "layer3")], channels=[192, 384], sides=[8, 4])
+    model.requires_grad_(False)
+    hints.requires_grad_(False)
+    images = torch.randn(3, 3, 64, 64)
+    block_outputs = {}
+    for block in (1, 3):
+        model.visual.transformer.resblocks[block].register_forward_hook(
+            lambda _m, _i, output, block=block: block_outputs.__setitem__(block, output.detach()))
+    model.encode_image(images)
+    patches = {block: tokens[:, 1:] for block, tokens in block_outputs.items()}  # (3, 64, 128), row-major 8x8
+    pooled4 = patches[3].reshape(3, 4, 2, 4, 2, 128).mean(dim=(2, 4)).reshape(3, 16, 128)  # 2x2 cells of the grid
+    with torch.no_grad():
+        agree = [hints.heads[0](patches[1]), hints.heads[1](pooled4)]
+    assert float(hints.loss(agree)) == pytest.approx(0.0, abs=1e-5)
+    model.encode_image(images)
+    assert float(hints.loss([-t for t in agree])) == pytest.approx(2.0, abs=1e-5)
+    model.encode_image(images)
+    mixed = [agree[0], -agree[1]]
+    assert float(hints.loss(mixed)) == pytest.approx(1.0, abs=1e-5)  # averaged over the hints
+    hints.detach_hooks()
+    model.encode_image(images)
+    with pytest.raises(KeyError):
+        hints.loss(agree)  # detached: the student's forward pass no longer feeds the heads
+    with pytest.raises(ValueError, match="does not tile"):
+        HintHeads(model.visual, [(1, "layer3")], channels=[384], sides=[3])
+
+
+def test_hints_need_a_teacher(tmp_path):
+    config = TrainConfig(arch="toy-vit", train_images=16, steps=1, batch_size=16, hints=[[2, "layer2"]])
+    with pytest.raises(ValueError, match="hints come from a teacher"):
+        train(config, tmp_path / "never.safetensors", tmp_path / "work")
+    assert not (tmp_path / "never.safetensors").exists()
 
 
 def test_the_distillation_term_pulls_toward_the_teacher():
@@ -132,6 +189,35 @@ def test_the_distillation_term_pulls_toward_the_teacher():
     with torch.no_grad():
         after = float((model(images, tokens)[0] * targets).sum(dim=1).mean())
     assert after > before + 0.2
+
+
+def test_a_locked_text_tower_is_read_from_its_caption_embeddings():
+    """With the text tower locked, steps that look captions up in embeddings computed once
+    train exactly as steps that run the text tower every time."""
+    from precompute.toy.train import caption_features, locked_text_forward, make_optimizer, train_step
+
+    torch.manual_seed(0)
+    full = open_clip.create_model("toy-vit", pretrained=None).train()
+    full.lock_text_tower()
+    cached = copy.deepcopy(full)
+    captions = ["a red circle", "two blue stars", "the word 'apple' written in green", "a red circle"] * 3
+    tokens = make_tokenizer("toy-vit")(captions)
+    unique_tokens, ids = torch.unique(tokens, dim=0, return_inverse=True)
+    images = torch.randn(len(captions), 3, 64, 64)
+    config = TrainConfig(arch="toy-vit", learning_rate=1e-3)
+    full_optimizer, cached_optimizer = make_optimizer(full, config), make_optimizer(cached, config)
+    lookup = locked_text_forward(cached, caption_features(cached, unique_tokens, torch.device("cpu"), batch_size=2))
+    assert not any(p.requires_grad for n, p in full.named_parameters() if n.startswith(("transformer.", "token_")))
+    initial_projection = full.visual.proj.detach().clone()
+    for _ in range(3):
+        expected = train_step(full, full, full_optimizer, images, tokens, ids)
+        assert train_step(cached, lookup, cached_optimizer, images, ids, ids) == pytest.approx(expected, rel=1e-5)
+    moved = cached.state_dict()
+    # Adam turns a float-rounding gradient of either sign into a step of about the learning rate,
+    # so weights agree at that scale while the losses agree closely.
+    for key, value in full.state_dict().items():
+        torch.testing.assert_close(moved[key], value, rtol=1e-3, atol=3 * config.learning_rate, msg=key)
+    assert not torch.equal(moved["visual.proj"], initial_projection)  # the image tower did train
 
 
 @pytest.mark.slow
@@ -224,7 +310,7 @@ def _bars_of_issue_3(figures: dict) -> dict[str, bool]:
 # What the shipped checkpoints miss (figures.json). Strict: meeting a bar flips its test.
 MISSED = {
     "toy-rn": set(),
-    "toy-vit": {"typographic attack >= 0.50", "multimodal colours >= 6"},
+    "toy-vit": {"zero-shot >= 0.90", "typographic attack >= 0.50", "multimodal colours >= 6"},
 }
 
 
