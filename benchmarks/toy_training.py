@@ -47,8 +47,9 @@ def _step_function(model: torch.nn.Module, forward, config, teacher: bool = Fals
     targets, text = None, tokens
     if teacher:
         model.lock_text_tower()
-        forward = locked_text_forward(model, caption_features(model, tokens, torch.device("cpu")))
-        targets = torch.nn.functional.normalize(torch.randn(config.batch_size, 128, generator=generator), dim=-1)
+        text_features = caption_features(model, tokens, torch.device("cpu"))
+        forward = locked_text_forward(model, text_features)
+        targets = torch.nn.functional.normalize(torch.randn(text_features.shape, generator=generator), dim=-1)
         text = caption_ids
     optimizer = make_optimizer(model, config)
 
