@@ -6,8 +6,8 @@ optimisation step (forward, contrastive loss, backward, AdamW) of each model at 
 batch size, eager and compiled interleaved, after warm-up (compilation is reported apart), and
 prints one JSON object: per-step medians, the eager/compiled speed ratio and the projected
 recipe time. A recipe that learns from a teacher (toy-vit) is also timed as it trains, its text
-tower locked and read from caption embeddings computed once ("taught"), against the eager step
-that runs both towers.
+tower locked and read from caption embeddings computed once, with its teacher's hints ("taught"),
+against the eager step that runs both towers.
 
     python benchmarks/toy_training.py [--arch toy-rn --arch toy-vit] [--repeats 8]
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -27,8 +28,10 @@ import torch  # noqa: E402
 
 from benchmarks._common import interleaved, machine, median  # noqa: E402
 from precompute.toy import register_toy_configs  # noqa: E402
+from precompute.toy.hints import HintHeads  # noqa: E402
 from precompute.toy.train import (  # noqa: E402
     caption_features,
+    deterministic_training,
     locked_text_forward,
     make_optimizer,
     recipe,
@@ -36,25 +39,46 @@ from precompute.toy.train import (  # noqa: E402
 )
 
 
+def _teacher_targets(config, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The embedded teacher's unit embeddings of `images` and its maps at the recipe's hint layers."""
+    from precompute.registry import load_embedded
+    from precompute.toy.hints import teacher_map_hooks
+
+    teacher = load_embedded(config.teacher)
+    layers = [layer for _, layer in config.hints]
+    captured: dict[str, torch.Tensor] = {}
+    hooks = teacher_map_hooks(teacher.model.visual, layers, captured)
+    with torch.no_grad():
+        features = teacher.model.encode_image(images, normalize=True)
+    for hook in hooks:
+        hook.remove()
+    return features, [captured[layer] for layer in layers]
+
+
 def _step_function(model: torch.nn.Module, forward, config, teacher: bool = False):
     """The recipe's own training step on a fixed random batch. With `teacher`, as a taught
-    recipe trains: text tower locked and read from caption embeddings computed once, and the
-    distillation term on (random) teacher targets."""
+    recipe trains: text tower locked and read from caption embeddings computed once, the
+    distillation term on the teacher's embeddings and its hints."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(config.batch_size, 3, 64, 64, generator=generator)
     tokens = torch.randint(1, 1000, (config.batch_size, 24), generator=generator)
     caption_ids = torch.arange(config.batch_size)
-    targets, text = None, tokens
+    targets, text, extra_loss, scaffolding = None, tokens, None, []
     if teacher:
         model.lock_text_tower()
         text_features = caption_features(model, tokens, torch.device("cpu"))
         forward = locked_text_forward(model, text_features)
-        targets = torch.nn.functional.normalize(torch.randn(text_features.shape, generator=generator), dim=-1)
+        targets, maps = _teacher_targets(config, images)
         text = caption_ids
-    optimizer = make_optimizer(model, config)
+        hints = HintHeads(model.visual, config.hints, [m.shape[-1] for m in maps], [math.isqrt(m.shape[1]) for m in maps])
+        scaffolding = [hints]
+
+        def extra_loss() -> torch.Tensor:
+            return config.hint_weight * hints.loss(maps)
+    optimizer = make_optimizer(model, config, *scaffolding)
 
     def step() -> None:
-        train_step(model, forward, optimizer, images, text, caption_ids, targets, config.distill_weight)
+        train_step(model, forward, optimizer, images, text, caption_ids, targets, config.distill_weight, extra_loss)
 
     return step
 
@@ -66,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     register_toy_configs()
     torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True, warn_only=True)  # as train() runs every recipe
+    deterministic_training()  # as train() runs every recipe
     results = {"machine": machine(), "models": {}}
     for arch in args.arch or ["toy-rn", "toy-vit"]:
         config = recipe(arch)

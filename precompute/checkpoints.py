@@ -115,6 +115,36 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path
         raise CheckpointError(f"{path} does not match architecture {arch}: {'; '.join(problems)}")
 
 
+def check_embedded_config(path: Path, arch: str, config: dict) -> None:
+    """A checkpoint that carries its open_clip config must have been trained as `arch` is built
+    now (`config`): settings that hold no weights, such as how the image tower pools, would
+    otherwise change the model without a word."""
+    embedded = read_metadata(path).get(META_CONFIG)
+    if not embedded:
+        return
+    try:
+        trained = json.loads(embedded)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path} carries an unreadable {META_CONFIG} entry") from None
+    difference = _first_difference(trained, config)
+    if difference:
+        key, theirs, ours = difference
+        raise CheckpointError(f"{path} was trained with another {arch} config: {key} is {theirs!r} there, "
+                              f"{ours!r} in {arch} now")
+
+
+def _first_difference(trained: object, current: object, key: str = "") -> tuple[str, object, object] | None:
+    if isinstance(trained, dict) and isinstance(current, dict):
+        for name in sorted(set(trained) | set(current)):
+            found = _first_difference(trained.get(name), current.get(name), f"{key}.{name}" if key else name)
+            if found:
+                return found
+        return None
+    # JSON has no tuples: compare sequences as lists.
+    normalise = (lambda value: list(value) if isinstance(value, tuple) else value)
+    return None if normalise(trained) == normalise(current) else (key, trained, current)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__

@@ -19,7 +19,14 @@ import open_clip
 import torch
 
 from precompute.architectures import ArchitectureSpec, architecture
-from precompute.checkpoints import META_VOCAB, load_into, read_metadata, read_state_dict, sha256_of
+from precompute.checkpoints import (
+    META_VOCAB,
+    check_embedded_config,
+    load_into,
+    read_metadata,
+    read_state_dict,
+    sha256_of,
+)
 from precompute.errors import CheckpointError, MicroscopeError
 from precompute.toy import TOY_ARCHITECTURES, embedded_checkpoint
 
@@ -145,6 +152,8 @@ def load_model(
         kind = "pretrained"
     else:
         state = read_state_dict(checkpoint_path) if checkpoint_path else None
+        if checkpoint_path:
+            check_embedded_config(checkpoint_path, arch, open_clip.get_model_config(arch))
         # Quiet open_clip's "no pretrained weights loaded" warning: we load them next.
         logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
         if state is None:

@@ -115,3 +115,21 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, random_checkpoints)
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "corrupt.pt" in lines[0]
+
+
+def test_a_checkpoint_trained_with_another_config_is_refused(tmp_path):
+    """Pooling holds no weights: a toy-vit trained with class-token pooling loads into today's
+    mean-pooling toy-vit without a missing key, so only its embedded config can tell."""
+    from precompute.checkpoints import META_CONFIG, write_checkpoint
+    from precompute.toy import register_toy_configs
+
+    register_toy_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("toy-vit", pretrained=None)
+    config = open_clip.get_model_config("toy-vit")
+    same = write_checkpoint(model, tmp_path / "same.safetensors", metadata={META_CONFIG: config})
+    assert load_model("same", "toy-vit", checkpoint=same).model.visual.pool_type == "avg"
+    older = {**config, "vision_cfg": {**config["vision_cfg"], "pool_type": "tok"}}
+    path = write_checkpoint(model, tmp_path / "older.safetensors", metadata={META_CONFIG: older})
+    with pytest.raises(CheckpointError, match=r"another toy-vit config: vision_cfg.pool_type is 'tok' there, 'avg'"):
+        load_model("older", "toy-vit", checkpoint=path)

@@ -310,7 +310,7 @@ def _bars_of_issue_3(figures: dict) -> dict[str, bool]:
 # What the shipped checkpoints miss (figures.json). Strict: meeting a bar flips its test.
 MISSED = {
     "toy-rn": set(),
-    "toy-vit": {"zero-shot >= 0.90", "typographic attack >= 0.50", "multimodal colours >= 6"},
+    "toy-vit": {"typographic attack >= 0.50", "multimodal colours >= 6"},
 }
 
 
