@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -32,27 +31,13 @@ from precompute.toy.hints import HintHeads  # noqa: E402
 from precompute.toy.train import (  # noqa: E402
     caption_features,
     deterministic_training,
+    learn_from_teacher,
     locked_text_forward,
     make_optimizer,
+    make_tokenizer,
     recipe,
     train_step,
 )
-
-
-def _teacher_targets(config, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The embedded teacher's unit embeddings of `images` and its maps at the recipe's hint layers."""
-    from precompute.registry import load_embedded
-    from precompute.toy.hints import teacher_map_hooks
-
-    teacher = load_embedded(config.teacher)
-    layers = [layer for _, layer in config.hints]
-    captured: dict[str, torch.Tensor] = {}
-    hooks = teacher_map_hooks(teacher.model.visual, layers, captured)
-    with torch.no_grad():
-        features = teacher.model.encode_image(images, normalize=True)
-    for hook in hooks:
-        hook.remove()
-    return features, [captured[layer] for layer in layers]
 
 
 def _step_function(model: torch.nn.Module, forward, config, teacher: bool = False):
@@ -65,12 +50,13 @@ def _step_function(model: torch.nn.Module, forward, config, teacher: bool = Fals
     caption_ids = torch.arange(config.batch_size)
     targets, text, extra_loss, scaffolding = None, tokens, None, []
     if teacher:
-        model.lock_text_tower()
-        text_features = caption_features(model, tokens, torch.device("cpu"))
-        forward = locked_text_forward(model, text_features)
-        targets, maps = _teacher_targets(config, images)
+        pixels = torch.randint(0, 256, (config.batch_size, 64, 64, 3), dtype=torch.uint8, generator=generator)
+        taught = learn_from_teacher(model, config.teacher, make_tokenizer(config.arch), pixels, torch.device("cpu"),
+                                    None, [layer for _, layer in config.hints])
+        targets, maps = taught.features, taught.maps
+        forward = locked_text_forward(model, caption_features(model, tokens, torch.device("cpu")))
         text = caption_ids
-        hints = HintHeads(model.visual, config.hints, [m.shape[-1] for m in maps], [math.isqrt(m.shape[1]) for m in maps])
+        hints = HintHeads.for_teacher_maps(model.visual, config.hints, maps)
         scaffolding = [hints]
 
         def extra_loss() -> torch.Tensor:

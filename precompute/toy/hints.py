@@ -11,6 +11,7 @@ are training scaffolding: they are not part of the student's checkpoint.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -54,6 +55,12 @@ class HintHeads(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(width, int(c)) for c in channels)
         self._tokens: dict[int, torch.Tensor] = {}
         self._handles = [transformer.resblocks[block].register_forward_hook(self._keep(block)) for block in self.blocks]
+
+    @classmethod
+    def for_teacher_maps(cls, visual: nn.Module, hints: Sequence[tuple[int, str]],
+                         maps: Sequence[torch.Tensor]) -> HintHeads:
+        """Heads sized for the teacher's maps, each (pictures, side*side, channels)."""
+        return cls(visual, hints, [m.shape[-1] for m in maps], [math.isqrt(m.shape[1]) for m in maps])
 
     def _keep(self, block: int):
         def hook(_module, _inputs, output):

@@ -215,7 +215,7 @@ class TeacherTargets:
     sha256: str
 
 
-def _learn_from_teacher(model: torch.nn.Module, teacher_id: str, tokenizer: WordTokenizer, pixels: torch.Tensor,
+def learn_from_teacher(model: torch.nn.Module, teacher_id: str, tokenizer: WordTokenizer, pixels: torch.Tensor,
                         device: torch.device, progress: Callable[[int], None] | None,
                         hint_layers: list[str] | None = None, batch_size: int = 500) -> TeacherTargets:
     """Give `model` the embedded teacher's text tower (locked) and temperature; return the
@@ -336,15 +336,14 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
     teacher_features, teacher_sha256, hint_maps, hints = None, None, [], None
     teacher_started = time.time()
     if config.teacher:
-        taught = _learn_from_teacher(model, config.teacher, tokenizer, pixels, device, on_teacher,
+        taught = learn_from_teacher(model, config.teacher, tokenizer, pixels, device, on_teacher,
                                      [layer for _, layer in config.hints])
         teacher_features, teacher_sha256, hint_maps = taught.features, taught.sha256, taught.maps
     teacher_seconds = time.time() - teacher_started
     if config.hints:
         from precompute.toy.hints import HintHeads
 
-        hints = HintHeads(model.visual, config.hints, [m.shape[-1] for m in hint_maps],
-                          [math.isqrt(m.shape[1]) for m in hint_maps]).to(device)
+        hints = HintHeads.for_teacher_maps(model.visual, config.hints, hint_maps).to(device)
     scaffolding = [hints] if hints is not None else []
     model.train()
     if teacher_features is not None:  # the teacher's text tower is locked
