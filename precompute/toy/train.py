@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from precompute.checkpoints import META_CONFIG, META_VOCAB, write_checkpoint
+from precompute.registry import load_embedded
 from precompute.toy import register_toy_configs
+from precompute.toy.hints import HintHeads, teacher_map_hooks
 from precompute.toy.tokenizer import WordTokenizer
 
 
@@ -221,9 +223,6 @@ def learn_from_teacher(model: torch.nn.Module, teacher_id: str, tokenizer: WordT
     """Give `model` the embedded teacher's text tower (locked) and temperature; return the
     teacher's unit image embeddings of `pixels` and its maps at `hint_layers`, on the CPU, with
     the sha256 of the teacher's checkpoint."""
-    from precompute.registry import load_embedded
-    from precompute.toy.hints import teacher_map_hooks
-
     teacher = load_embedded(teacher_id, device=device)
     if getattr(teacher.tokenizer, "vocabulary", None) != tokenizer.vocabulary:
         raise ValueError(f"teacher {teacher_id} reads another vocabulary than the student")
@@ -341,8 +340,6 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
         teacher_features, teacher_sha256, hint_maps = taught.features, taught.sha256, taught.maps
     teacher_seconds = time.time() - teacher_started
     if config.hints:
-        from precompute.toy.hints import HintHeads
-
         hints = HintHeads.for_teacher_maps(model.visual, config.hints, hint_maps).to(device)
     scaffolding = [hints] if hints is not None else []
     model.train()
