@@ -31,10 +31,12 @@ from precompute.toy.hints import HintHeads  # noqa: E402
 from precompute.toy.train import (  # noqa: E402
     caption_features,
     deterministic_training,
+    image_normalisation,
     learn_from_teacher,
     locked_text_forward,
     make_optimizer,
     make_tokenizer,
+    normalise_pixels,
     recipe,
     train_step,
 )
@@ -45,12 +47,12 @@ def _step_function(model: torch.nn.Module, forward, config, teacher: bool = Fals
     recipe trains: text tower locked and read from caption embeddings computed once, the
     distillation term on the teacher's embeddings and its hints."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(config.batch_size, 3, 64, 64, generator=generator)
+    pixels = torch.randint(0, 256, (config.batch_size, 64, 64, 3), dtype=torch.uint8, generator=generator)
+    images = normalise_pixels(pixels, *image_normalisation(model, torch.device("cpu")))
     tokens = torch.randint(1, 1000, (config.batch_size, 24), generator=generator)
     caption_ids = torch.arange(config.batch_size)
     targets, text, extra_loss, scaffolding = None, tokens, None, []
     if teacher:
-        pixels = torch.randint(0, 256, (config.batch_size, 64, 64, 3), dtype=torch.uint8, generator=generator)
         taught = learn_from_teacher(model, config.teacher, make_tokenizer(config.arch), pixels, torch.device("cpu"),
                                     None, [layer for _, layer in config.hints])
         targets, maps = taught.features, taught.maps

@@ -218,8 +218,8 @@ class TeacherTargets:
 
 
 def learn_from_teacher(model: torch.nn.Module, teacher_id: str, tokenizer: WordTokenizer, pixels: torch.Tensor,
-                        device: torch.device, progress: Callable[[int], None] | None,
-                        hint_layers: list[str] | None = None, batch_size: int = 500) -> TeacherTargets:
+                       device: torch.device, progress: Callable[[int], None] | None,
+                       hint_layers: list[str] | None = None, batch_size: int = 500) -> TeacherTargets:
     """Give `model` the embedded teacher's text tower (locked) and temperature; return the
     teacher's unit image embeddings of `pixels` and its maps at `hint_layers`, on the CPU, with
     the sha256 of the teacher's checkpoint."""
@@ -336,7 +336,7 @@ def _train(config: TrainConfig, out_path: Path, work_dir: Path,
     teacher_started = time.time()
     if config.teacher:
         taught = learn_from_teacher(model, config.teacher, tokenizer, pixels, device, on_teacher,
-                                     [layer for _, layer in config.hints])
+                                    [layer for _, layer in config.hints])
         teacher_features, teacher_sha256, hint_maps = taught.features, taught.sha256, taught.maps
     teacher_seconds = time.time() - teacher_started
     if config.hints:
