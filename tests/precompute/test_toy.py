@@ -319,14 +319,6 @@ def test_shipped_models_keep_their_recorded_figures(eval_figures, arch):
 
 
 @pytest.mark.slow
-def test_toy_rn_falls_for_typographic_attacks(eval_figures):
-    """The seed paper's typographic attack, reproduced in our world: a written shape name
-    overrides the drawn shape in most attacked images."""
-    figures = eval_figures["toy-rn"]
-    assert max(figures["typographic_success_shape"], figures["typographic_success_color"]) >= 0.50
-
-
-@pytest.mark.slow
 def test_toy_rn_has_a_multimodal_red_unit(eval_figures):
     """At least one colour unit of toy-rn fires for red objects and for the word 'red'."""
     red = eval_figures["toy-rn"]["multimodal_units"]["red"]
@@ -342,16 +334,9 @@ def _bars_of_issue_3(figures: dict) -> dict[str, bool]:
     }
 
 
-# What the shipped checkpoints miss (figures.json). Strict: meeting a bar flips its test.
-MISSED = {
-    "toy-rn": set(),
-    "toy-vit": {"typographic attack >= 0.50"},
-}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("arch", "bar"), [(arch, bar) for arch in SHIPPED for bar in _bars_of_issue_3(RECORDED[arch])])
-def test_shipped_models_against_the_bars_of_issue_3(eval_figures, arch, bar, request):
-    if bar in MISSED[arch]:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"issue 3 is open: {arch} misses {bar}"))
+def test_shipped_models_against_the_bars_of_issue_3(eval_figures, arch, bar):
+    """Both models meet every bar, typographic attacks included: a written shape name overrides
+    the drawn shape in most attacked images, the seed paper's phenomenon in our world."""
     assert _bars_of_issue_3(eval_figures[arch])[bar], f"{arch}: {bar}"
