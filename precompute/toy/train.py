@@ -84,13 +84,13 @@ RECIPES: dict[str, dict] = {
     # multimodal colours (7 at 10); more shape names on its labelled objects read about as much
     # but left 4. Its tower pools by averaging the patch tokens (configs/toy-vit.json),
     # so the last block's patch neurons, the ones Microscope ranks, are the ones that make the
-    # embedding, as layer4 is for a ResNet (attention pooling read more, 0.44 typographic, but
-    # left 2 multimodal colours). Batches of 64: twice the updates of 128 for 6 % more time per
-    # picture. Its world has fewer pictures of words alone and more labelled objects (42 / 18 /
-    # 40 % objects / words / mixed; 45 / 25 / 30 by default), and captions 90 % of labelled
-    # objects by their word alone: with hints weighted 10, 7 multimodal colours and typographic
-    # success 0.46 (5 and 0.29 on the default mix) at 0.91 zero-shot; with 30 % objects it read
-    # more (0.47..0.53) but fell to 0.85 zero-shot.
+    # embedding, as layer4 is for a ResNet (in an earlier recipe, attention pooling read more,
+    # 0.44 typographic against 0.35, but left 2 multimodal colours). Batches of 64: twice the
+    # updates of 128 for 6 % more time per picture. Its world has fewer pictures of words alone
+    # and more labelled objects (42 / 18 / 40 % objects / words / mixed; 45 / 25 / 30 by
+    # default), and captions 90 % of labelled objects by their word alone: with hints weighted
+    # 10, 7 multimodal colours and typographic success 0.46 (5 and 0.29 on the default mix) at
+    # 0.91 zero-shot; with 30 % objects it read more (0.47..0.53) but fell to 0.85 zero-shot.
     "toy-vit": {"steps": 2800, "batch_size": 64, "learning_rate": 1e-3, "warmup_steps": 200,
                 "teacher": "toy-rn", "hints": [[1, "layer1"], [2, "layer2"], [4, "layer3"], [5, "layer4"]],
                 "hint_weight": 20.0,
