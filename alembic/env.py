@@ -1,6 +1,6 @@
 """Alembic environment for clip-microscope.
 
-The URL comes from, in order: `config.attributes["url"]` (set by app.store.migrations),
+The URL comes from, in order: `config.attributes["url"]` (set by store.migrations),
 `-x url=...` on the command line, the MICROSCOPE_DATABASE_URL environment variable, and last
 the app settings. A URL never goes through the ini file because configparser would try to
 interpolate the `%` escapes that Postgres URLs carry (e.g. `options=-csearch_path%3Dx`).
@@ -16,8 +16,8 @@ from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection, make_url
 
 from alembic import context
-from app.store.models import Base, UTCDateTime
-from app.store.session import make_engine
+from store.models import Base, UTCDateTime
+from store.session import make_engine
 
 config = context.config
 target_metadata = Base.metadata

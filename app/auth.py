@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from app.store import annotations
-from app.store.session import get_session
+from store import annotations
+from app.dependencies import get_session
 
 TOKEN_COOKIE = "microscope_token"
 CSRF_COOKIE = "microscope_csrf"

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from app.model_service import ModelService
 from app.routes import data
-from app.store import queries
-from app.store.blobs import BlobStore
+from store import queries
+from store.blobs import BlobStore
 from app.uploads import ACCEPTED, UploadLimits, UploadRejected, decode_image
 
 

@@ -1,4 +1,4 @@
-"""Where the non-package folders of the design (templates, static, alembic) live.
+"""Where the web's non-package folders (templates, static) live.
 
 In a source checkout they sit beside the packages; in a wheel they ride under app/_bundled.
 """
@@ -24,11 +24,3 @@ def templates_dir() -> Path:
 
 def static_dir() -> Path:
     return _first_existing("static")
-
-
-def alembic_dir() -> Path:
-    return _first_existing("alembic")
-
-
-def alembic_ini() -> Path:
-    return _first_existing("alembic.ini")

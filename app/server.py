@@ -26,10 +26,10 @@ from app.ratelimit import RateLimited, RateLimiter
 from app.routes import api, pages, system
 from app.routes.data import API_PREFIX, BadQuery, NotFound
 from app.settings import Settings, get_settings
-from app.store import migrations
-from app.store.annotations import Invalid
-from app.store.blobs import BlobStore
-from app.store.session import make_engine, make_sessionmaker
+from store import migrations
+from store.annotations import Invalid
+from store.blobs import BlobStore
+from store.session import make_engine, make_sessionmaker
 from app.uploads import BodySizeLimit, UploadRejected
 from app.vectors import VectorCache
 
@@ -225,7 +225,7 @@ def _model_loader(app: FastAPI, settings: Settings) -> Any:
     """How the model service loads a registered model: the way the workers do, on the best device."""
 
     def load(model_id: str) -> Any:
-        from workers.models import load_registered
+        from store.loading import load_registered
 
         with app.state.sessionmaker() as session:
             return load_registered(session, model_id, device=settings.resolved_device())

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from app.cache import TTLCache
-from app.store import queries
-from app.store.blobs import BlobStore
+from store import queries
+from store.blobs import BlobStore
 
 if TYPE_CHECKING:
     import numpy as np

@@ -53,7 +53,7 @@ def serve(backend: str, units: int = 64, images: int = 64) -> Iterator[Server]:
     """A migrated store with sample results for both toy models, served by uvicorn (one
     process, as `microscope serve` runs it) on a free loopback port."""
     sys.path.insert(0, str(REPO))
-    from app.store import migrations
+    from store import migrations
     from tests.sample_store import populate
     from tests.server import served
 

@@ -80,7 +80,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def migrated_url(database_url: str) -> str:
-    from app.store import migrations
+    from store import migrations
 
     migrations.upgrade(database_url)
     return database_url
@@ -88,7 +88,7 @@ def migrated_url(database_url: str) -> str:
 
 @pytest.fixture
 def engine(migrated_url: str) -> Iterator[Engine]:
-    from app.store.session import make_engine
+    from store.session import make_engine
 
     engine = make_engine(migrated_url)
     try:
@@ -99,7 +99,7 @@ def engine(migrated_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def session(engine: Engine) -> Iterator[Session]:
-    from app.store.session import make_sessionmaker
+    from store.session import make_sessionmaker
 
     with make_sessionmaker(engine)() as session:
         yield session

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from app.store import annotations, repository
-from app.store.blobs import BlobStore
-from app.store.models import (
+from store import annotations, repository
+from store.blobs import BlobStore
+from store.models import (
     Annotation,
     BucketSample,
     Collection,
@@ -44,7 +44,7 @@ from app.store.models import (
     WordEmbedding,
     WordList,
 )
-from app.store.session import make_engine, make_sessionmaker
+from store.session import make_engine, make_sessionmaker
 
 TOY_MODELS = ("toy-rn", "toy-vit")
 DATASET = "synthetic-world"
@@ -90,7 +90,7 @@ def register_toy(session: Session, model_id: str) -> None:
     """Register a toy model as the CLI does: the trained checkpoint if shipped, else random."""
     from precompute.registry import load_embedded, load_model
     from precompute.toy import embedded_checkpoint
-    from workers.models import register
+    from store.loading import register
 
     if embedded_checkpoint(model_id).is_file():
         loaded = load_embedded(model_id)
@@ -326,7 +326,7 @@ def main() -> None:
     parser.add_argument("--migrate", action="store_true", help="Run the migrations first.")
     args = parser.parse_args()
     if args.migrate:
-        from app.store import migrations
+        from store import migrations
 
         migrations.upgrade(args.database_url)
     populated = populate(args.database_url, args.blob_url, units=args.units, images=args.images)

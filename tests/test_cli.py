@@ -20,7 +20,7 @@ COMMANDS = [
 
 
 def microscope(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_every_command_has_help(command, cli_env):
 
 
 def test_db_upgrade_downgrade_upgrade(database_url, cli_env):
-    from app.store import migrations
+    from store import migrations
 
     cli_env["MICROSCOPE_DATABASE_URL"] = database_url
     head = migrations.head()
@@ -116,7 +116,7 @@ def _free_port() -> int:
 def test_serve_answers_healthz(migrated_url, cli_env):
     cli_env["MICROSCOPE_DATABASE_URL"] = migrated_url
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=cli_env,
+    server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], env=cli_env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 60

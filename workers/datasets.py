@@ -23,8 +23,8 @@ from pathlib import Path, PurePosixPath
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.store import repository
-from app.store.blobs import BlobStore
+from store import repository
+from store.blobs import BlobStore
 from precompute.errors import MicroscopeError
 from precompute.images import DECODE_ERRORS, decode_image
 

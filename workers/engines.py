@@ -41,7 +41,7 @@ class StoreConfig:
 
 
 def sessions_for(store: StoreConfig):
-    from app.store.session import make_engine, make_sessionmaker
+    from store.session import make_engine, make_sessionmaker
 
     engine = make_engine(store.database_url)
     return engine, make_sessionmaker(engine)
@@ -150,7 +150,7 @@ def run_on_ray(
 
 
 def done_items(sessions, job_ids: Sequence[int]) -> int:
-    from app.store.models import Job
+    from store.models import Job
 
     if not job_ids:
         return 0

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.store import repository
-from app.store.blobs import BlobStore
+from store import repository
+from store.blobs import BlobStore
 from precompute import keys as K
 from precompute.architectures import LayerSpec
 from precompute.crops import DEFAULT_CROP_SIZE, cell_box, crop, model_view, png_bytes
@@ -125,7 +125,7 @@ def run_shard(task: ShardTask, *, loaded=None, calibration: dict | None = None, 
     """Run (or resume) one shard for every layer in `task.layers`; returns a small summary.
 
     Usable in-process and as a Ray task: everything it needs comes from `task`."""
-    from workers.models import load_registered
+    from store.loading import load_registered
 
     set_threads(task.threads)
     request = task.request
@@ -454,7 +454,7 @@ def _write_results(sessions, request, spec: LayerSpec, results, unit_id_of, imag
 # -- driver ---------------------------------------------------------------------------------------------
 def run_examples(store: StoreConfig, request: ExamplesRequest, *, show_progress: bool = True, loaded=None) -> dict:
     """Plan, run (local or Ray) and merge the examples pass; resumes whatever a killed run left."""
-    from workers.models import load_registered, require_layers, require_model
+    from store.loading import load_registered, require_layers, require_model
 
     request.validate()
     started = time.monotonic()

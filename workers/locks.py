@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from app.store.session import sqlite_file
+from store.session import sqlite_file
 from precompute.errors import MicroscopeError
 
 

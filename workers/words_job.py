@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.store import repository
-from app.store.blobs import BlobStore
+from store import repository
+from store.blobs import BlobStore
 from precompute.errors import MicroscopeError
 from precompute.examples import ranking_values
 from precompute.loader import iter_batches
@@ -75,7 +75,7 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def run_words(store: StoreConfig, request: WordsRequest, *, show_progress: bool = True, loaded=None) -> dict:
-    from workers.models import load_registered, require_layers, require_model
+    from store.loading import load_registered, require_layers, require_model
 
     request.validate()
     started = time.monotonic()

@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-11-22
 
-Written by hand, then checked against app.store.models with alembic's compare_metadata
+Written by hand, then checked against store.models with alembic's compare_metadata
 (tests/app/test_migrations.py). Constraint names are spelled out rather than derived from the
 naming convention at run time, so this file produces the same schema even if the convention
 in models.py changes later.

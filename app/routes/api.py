@@ -20,9 +20,9 @@ from app import auth, live
 from app.ratelimit import limit_live
 from app.routes import data
 from app.routes import schemas as s
-from app.store import annotations, queries
-from app.store.models import Collection
-from app.store.session import get_session
+from store import annotations, queries
+from store.models import Collection
+from app.dependencies import get_session
 
 router = APIRouter(
     prefix=data.API_PREFIX,

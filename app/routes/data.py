@@ -18,8 +18,8 @@ from urllib.parse import urlencode
 
 from sqlalchemy.orm import Session
 
-from app.store import queries
-from app.store.blobs import BlobStore
+from store import queries
+from store.blobs import BlobStore
 from app.cache import TTLCache
 from app.svg import normalise_histogram
 from app.vectors import VectorCache

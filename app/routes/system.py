@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from alembic.runtime.migration import MigrationContext
 from app.routes.schemas import Health
-from app.store.blobs import BLOB_NAME, BlobStore
-from app.store.session import get_session
+from store.blobs import BLOB_NAME, BlobStore
+from app.dependencies import get_session
 
 router = APIRouter(tags=["system"])
 

@@ -62,7 +62,7 @@ def _postgres_schema() -> tuple[str, Any]:
 
 
 def build_store(backend: str, folder: Path, **kwargs: Any) -> tuple[Store, Any]:
-    from app.store import migrations
+    from store import migrations
 
     drop = None
     if backend == "sqlite":

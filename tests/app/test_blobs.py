@@ -11,7 +11,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from app.store.blobs import BlobStore
+from store.blobs import BlobStore
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -20,7 +20,7 @@ from PIL import Image
 
 from app.model_service import LiveError, ModelService, ServiceBusy
 from app.server import create_app
-from app.store.blobs import BlobStore
+from store.blobs import BlobStore
 from app.uploads import UploadLimits, decode_image
 from tests.app.conftest import Store
 from tests.app.html import parse
@@ -39,9 +39,9 @@ def scene() -> Image.Image:
 
 
 def test_probe_matches_a_direct_forward_pass(sqlite_web: TestClient, sqlite_store: Store) -> None:
-    from app.store.session import make_engine, make_sessionmaker
+    from store.session import make_engine, make_sessionmaker
     from precompute.capture import capture, spatial_maps, unit_maxima
-    from workers.models import load_registered
+    from store.loading import load_registered
 
     data = png(scene())
     r = sqlite_web.post("/api/v1/probe", data={"model": "toy-vit", "top_k": "8"}, files={"file": ("scene.png", data, "image/png")})
@@ -174,12 +174,12 @@ def text_model(sqlite_store: Store, tmp_path_factory: pytest.TempPathFactory) ->
     with directions stored for ten units of its final layer."""
     import open_clip
 
-    from app.store.models import Layer, Unit
-    from app.store.session import make_engine, make_sessionmaker
+    from store.models import Layer, Unit
+    from store.session import make_engine, make_sessionmaker
     from precompute.checkpoints import META_VOCAB, write_checkpoint
     from precompute.registry import load_model
     from precompute.world import caption_vocabulary
-    from workers.models import register
+    from store.loading import register
 
     path: Path = tmp_path_factory.mktemp("text-model") / "toy-text.safetensors"
     torch.manual_seed(1)

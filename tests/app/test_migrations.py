@@ -12,9 +12,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, pool
 
-from app.store import migrations
-from app.store.models import Base
-from app.store.session import make_engine
+from store import migrations
+from store.models import Base
+from store.session import make_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

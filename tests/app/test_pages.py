@@ -166,8 +166,8 @@ def test_unit_page_matches_json_and_store(web: TestClient, store: Store) -> None
 
 
 def test_unit_page_stats_match_store(web: TestClient, store: Store) -> None:
-    from app.store.models import Layer, Unit
-    from app.store.session import make_engine, make_sessionmaker
+    from store.models import Layer, Unit
+    from store.session import make_engine, make_sessionmaker
 
     engine = make_engine(store.database_url)
     with make_sessionmaker(engine)() as session:
@@ -271,9 +271,9 @@ def test_words_page_matches_json(web: TestClient) -> None:
 def test_words_arithmetic_is_right(web: TestClient, store: Store) -> None:
     import numpy as np
 
-    from app.store.blobs import BlobStore
-    from app.store.models import WordEmbedding, WordList
-    from app.store.session import make_engine, make_sessionmaker
+    from store.blobs import BlobStore
+    from store.models import WordEmbedding, WordList
+    from store.session import make_engine, make_sessionmaker
 
     engine = make_engine(store.database_url)
     with make_sessionmaker(engine)() as session:

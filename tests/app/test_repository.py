@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.store import repository
-from app.store.models import Job, Layer, Model, Unit
+from store import repository
+from store.models import Job, Layer, Model, Unit
 from tests.conftest import toy_model
 
 

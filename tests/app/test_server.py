@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from app.server import create_app
 from app.settings import Settings
-from app.store import repository
-from app.store.blobs import BlobStore
-from app.store.session import make_engine, make_sessionmaker, session_scope
+from store import repository
+from store.blobs import BlobStore
+from store.session import make_engine, make_sessionmaker, session_scope
 from tests.app.html import parse
 from tests.conftest import toy_model
 

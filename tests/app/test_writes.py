@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from app.store.session import make_engine
+from store.session import make_engine
 from tests.app.conftest import Store
 from tests.app.html import parse
 
@@ -31,11 +31,11 @@ def unique(prefix: str) -> str:
 def microscope(*args: str, database_url: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSCOPE_")}
     env["MICROSCOPE_DATABASE_URL"] = database_url
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_tokens_cli_stores_only_a_hash(tmp_path: Path) -> None:
-    from app.store import migrations
+    from store import migrations
 
     migrated_url = f"sqlite:///{tmp_path / 'tokens.db'}"  # the CLI is the same on both backends
     migrations.upgrade(migrated_url)
@@ -57,8 +57,8 @@ def test_tokens_cli_stores_only_a_hash(tmp_path: Path) -> None:
     assert short.returncode == 2 and "6 characters" in short.stderr
     revoked = microscope("tokens", "revoke", token[:10], database_url=migrated_url)
     assert revoked.returncode == 0, revoked.stderr
-    from app.store import annotations
-    from app.store.session import make_sessionmaker
+    from store import annotations
+    from store.session import make_sessionmaker
 
     engine = make_engine(migrated_url)
     with make_sessionmaker(engine)() as session:
@@ -75,8 +75,8 @@ def test_writes_need_a_valid_token(web: TestClient, store: Store) -> None:
     assert web.put(url, json={"text": "x"}, headers={"Authorization": "Basic abc"}).status_code == 401
     assert web.put(url, json={"text": "x"}, headers={"Authorization": "Bearer"}).status_code == 401
     # A revoked token stops working.
-    from app.store import annotations
-    from app.store.session import make_sessionmaker
+    from store import annotations
+    from store.session import make_sessionmaker
 
     engine = make_engine(store.database_url)
     with make_sessionmaker(engine)() as session:
@@ -115,8 +115,8 @@ def test_label_and_notes_through_the_api(web: TestClient, store: Store) -> None:
     edited = web.patch(f"/api/v1/annotations/{note_id}", json={"text": "fires on red text and red shapes"}, headers=auth)
     assert edited.status_code == 200 and edited.json()["text"].endswith("red shapes")
     # Another token holder cannot edit or delete it.
-    from app.store import annotations
-    from app.store.session import make_sessionmaker
+    from store import annotations
+    from store.session import make_sessionmaker
 
     engine = make_engine(store.database_url)
     with make_sessionmaker(engine)() as session:

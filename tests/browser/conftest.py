@@ -43,7 +43,7 @@ class Site:
 
 
 def _microscope(env: dict[str, str], *args: str, timeout: float = 900) -> str:
-    result = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env, timeout=timeout,
+    result = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, env=env, timeout=timeout,
                             cwd=REPO)
     assert result.returncode == 0, f"microscope {' '.join(args)} failed:\n{result.stderr[-3000:]}"
     return result.stdout

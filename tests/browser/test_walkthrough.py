@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.store.models import Annotation, DatasetExample, Layer, Unit, WordActivation
-from app.store.session import make_engine, make_sessionmaker
+from store.models import Annotation, DatasetExample, Layer, Unit, WordActivation
+from store.session import make_engine, make_sessionmaker
 from tests.browser.conftest import FILLED_UNITS, Site, shot
 
 # Building the site runs the real precompute jobs; on a busy machine that takes minutes.

@@ -108,7 +108,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, random_checkpoints)
     corrupt.write_bytes(pickle.dumps([1, 2, 3])[:7])
     env = {"MICROSCOPE_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "models", "register", "bad", "--arch", "RN50x4", "--checkpoint", str(corrupt)],
+        [sys.executable, "-m", "cli.main", "models", "register", "bad", "--arch", "RN50x4", "--checkpoint", str(corrupt)],
         capture_output=True, text=True, env=env,
     )
     assert result.returncode == 2

@@ -295,7 +295,7 @@ def test_shipped_checkpoints_are_small_and_load_through_the_registry(arch):
 
 @pytest.fixture(scope="module")
 def eval_figures():
-    result = subprocess.run([sys.executable, "-m", "app.cli", "toy", "eval", "--json"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "cli.main", "toy", "eval", "--json"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -12,8 +12,8 @@ from typing import Any
 from PIL import Image
 from sqlalchemy import select
 
-from app.store.blobs import BlobStore
-from app.store.models import (
+from store.blobs import BlobStore
+from store.models import (
     BucketSample,
     DatasetExample,
     Layer,
@@ -23,7 +23,7 @@ from app.store.models import (
     WordEmbedding,
     WordList,
 )
-from app.store.session import make_engine, make_sessionmaker
+from store.session import make_engine, make_sessionmaker
 from workers.engines import StoreConfig
 
 
@@ -50,7 +50,7 @@ def store_config(url: str, folder: Path) -> StoreConfig:
 
 def register_random(url: str, model_id: str, arch: str, loaded=None):
     from precompute.registry import load_model
-    from workers.models import register
+    from store.loading import register
 
     loaded = loaded or load_model(model_id, arch)
     engine = make_engine(url)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from app.store import migrations
+from store import migrations
 from tests.workers.precompute_helpers import SINGLE_THREAD_ENV, register_random
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def microscope(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.fixture

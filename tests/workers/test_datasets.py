@@ -10,10 +10,10 @@ import fsspec
 import pytest
 from sqlalchemy import func, select
 
-from app.store import repository
-from app.store.blobs import BlobStore
-from app.store.models import DatasetImage, StoredImage
-from app.store.session import make_engine, make_sessionmaker
+from store import repository
+from store.blobs import BlobStore
+from store.models import DatasetImage, StoredImage
+from store.session import make_engine, make_sessionmaker
 from precompute.errors import MicroscopeError
 from tests.workers.precompute_helpers import png_bytes, single_thread, write_world_folder
 from workers.datasets import DatasetSource, register_dataset

@@ -7,14 +7,14 @@ import sys
 
 from sqlalchemy import func, select
 
-from app.store.models import DatasetExample, Layer, Model, Unit, WordActivation
-from app.store.session import make_engine, make_sessionmaker
+from store.models import DatasetExample, Layer, Model, Unit, WordActivation
+from store.session import make_engine, make_sessionmaker
 
 
 def test_demo_builds_store_dataset_and_models(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSCOPE_")}
     env["MICROSCOPE_DATA_DIR"] = str(tmp_path / "data")
-    result = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--no-serve", "--images", "40", "--words", "120"],
+    result = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120"],
                             capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr
     dataset = tmp_path / "data" / "datasets" / "synthetic-world-seed0"
@@ -44,7 +44,7 @@ def test_demo_builds_store_dataset_and_models(tmp_path):
                                   .where(Unit.layer_id == final.id, Unit.max.is_(None))) == 0
     engine.dispose()
 
-    again = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--no-serve", "--images", "40", "--words", "120"],
+    again = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120"],
                            capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0, again.stderr
     assert len((dataset / "captions.jsonl").read_text().splitlines()) == 40

@@ -8,9 +8,9 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from app.store.blobs import BlobStore
-from app.store.models import BucketSample, DatasetExample, Job, Layer, StoredImage, Unit
-from app.store.session import make_engine, make_sessionmaker
+from store.blobs import BlobStore
+from store.models import BucketSample, DatasetExample, Job, Layer, StoredImage, Unit
+from store.session import make_engine, make_sessionmaker
 from precompute.errors import MicroscopeError, UnknownLayerError
 from precompute.examples import ExampleParams, ranking_values
 from precompute.images import decode_image
@@ -103,7 +103,7 @@ def test_toy_models_on_the_synthetic_world(migrated_url, tmp_path, toys):
     engine = make_engine(migrated_url)
     blobs = BlobStore(str(tmp_path / "blobs"))
     with make_sessionmaker(engine)() as session:
-        from app.store import repository
+        from store import repository
 
         items = repository.dataset_items(session, "world")
         images = [sha for _, _, sha, _ in items]
@@ -141,7 +141,7 @@ def test_corrupt_images_are_skipped_and_counted(migrated_url, tmp_path, toys):
     assert report.images == 10 and len(report.skipped) == 1
     # A blob that breaks after registration is skipped by the pass, and counted.
     with make_sessionmaker(engine)() as session:
-        from app.store import repository
+        from store import repository
 
         uri = repository.dataset_items(session, "folder")[6][3]
     path = blobs.path_for(blobs.blob_name(uri))
@@ -165,7 +165,7 @@ def test_shard_results_do_not_depend_on_how_the_dataset_is_cut(tmp_path, toys):
     stores = []
     for shards in (1, 2, 3):
         url = f"sqlite:///{tmp_path / f'db{shards}' / 'm.db'}"
-        from app.store import migrations
+        from store import migrations
 
         migrations.upgrade(url)
         folder = tmp_path / f"s{shards}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.store import migrations
+from store import migrations
 from precompute.examples import ExampleParams
 from tests.workers.precompute_helpers import (
     assert_same_store,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from app.store.blobs import BlobStore
-from app.store.models import BucketSample, DatasetExample, Layer, Unit, WordActivation, WordEmbedding
-from app.store.session import make_engine, make_sessionmaker
+from store.blobs import BlobStore
+from store.models import BucketSample, DatasetExample, Layer, Unit, WordActivation, WordEmbedding
+from store.session import make_engine, make_sessionmaker
 from precompute.examples import ExampleParams
 from tests.workers.precompute_helpers import register_random, single_thread, store_config, write_world_folder
 from workers.datasets import DatasetSource, register_dataset

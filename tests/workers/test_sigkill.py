@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from app.store import migrations
-from app.store.models import Job
-from app.store.session import make_engine
+from store import migrations
+from store.models import Job
+from store.session import make_engine
 from tests.workers.precompute_helpers import (
     SINGLE_THREAD_ENV,
     assert_same_store,
@@ -46,7 +46,7 @@ def _prepare(url: str, folder: Path) -> None:
 
 
 def _run(args, env) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -73,7 +73,7 @@ def _kill_at_random(args, env, url: str, kind: str, rng: random.Random) -> str:
     progress = _Progress(url, kind)
     try:
         before = progress()
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 600
         while progress() <= before and process.poll() is None:

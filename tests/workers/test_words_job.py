@@ -7,9 +7,9 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from app.store.blobs import BlobStore
-from app.store.models import Layer, Unit, WordActivation, WordList
-from app.store.session import make_engine, make_sessionmaker
+from store.blobs import BlobStore
+from store.models import Layer, Unit, WordActivation, WordList
+from store.session import make_engine, make_sessionmaker
 from precompute.errors import MicroscopeError
 from precompute.examples import ranking_values
 from precompute.words import common_words, render_word

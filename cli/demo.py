@@ -14,16 +14,16 @@ DEMO_WORDS = 10_000
 
 def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS) -> Iterator[str]:
     """Each step is idempotent and resumable, so running the demo again only fills gaps."""
-    from app.store import migrations
-    from app.store.blobs import BlobStore
-    from app.store.session import make_engine, make_sessionmaker
+    from store import migrations
+    from store.blobs import BlobStore
+    from store.session import make_engine, make_sessionmaker
     from precompute.registry import load_embedded
     from precompute.words import common_words
     from precompute.world import WorldConfig, write_dataset
     from workers.datasets import DatasetSource, register_dataset
     from workers.engines import StoreConfig
     from workers.examples_job import request_from_options, run_examples
-    from workers.models import register
+    from store.loading import register
     from workers.words_job import WordsRequest, run_words
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

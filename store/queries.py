@@ -1,6 +1,6 @@
 """Reads for the pages and the API: everything the browser shows, as plain rows.
 
-Kept apart from app.store.repository (registration and jobs, shared with the precompute
+Kept apart from store.repository (registration and jobs, shared with the precompute
 workers) so the web's read paths can be tuned for the hot pages (the unit page above all)
 without touching the writers' code. Functions here return plain dicts and tuples built
 from Core selects, never ORM objects: the pages turn them into JSON as they are, and
@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, literal, select
 from sqlalchemy.orm import Session
 
-from app.store.models import (
+from store.models import (
     Annotation,
     BucketSample,
     Collection,

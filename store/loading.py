@@ -1,4 +1,5 @@
-"""Registering models in the store and loading registered models back for jobs."""
+"""Registering models in the store, and loading a registered model back from its record (for
+the jobs and for the server's live probes alike)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,13 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from precompute.architectures import ArchitectureSpec
+from precompute.architectures import ArchitectureSpec, architecture
 from precompute.errors import MicroscopeError
 from precompute.registry import LoadedModel, load_embedded, load_model
+from store import repository
 
 
 def register(session: Session, loaded: LoadedModel, description: str = "") -> None:
-    from app.store import repository
-
     record = loaded.record() | {"description": description}
     repository.upsert_model(session, record, loaded.layer_records())
     session.commit()
@@ -21,8 +21,6 @@ def register(session: Session, loaded: LoadedModel, description: str = "") -> No
 
 def require_model(session: Session, model_id: str):
     """The registered model's row, or an error naming the models that are registered."""
-    from app.store import repository
-
     row = repository.get_model(session, model_id)
     if row is None:
         known = ", ".join(m.id for m in repository.list_models(session)) or "none"
@@ -33,9 +31,6 @@ def require_model(session: Session, model_id: str):
 def require_layers(session: Session, model, layers) -> ArchitectureSpec:
     """Check every named layer exists in the model's architecture and in the store, before any
     work; returns the architecture spec."""
-    from app.store import repository
-    from precompute.architectures import architecture
-
     spec = architecture(model.arch)
     for layer in layers:
         spec.layer(layer)  # UnknownLayerError names the valid layers

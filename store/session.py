@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.requests import Request
 
 
 def sqlite_file(url: str | URL) -> Path | None:
@@ -78,13 +77,3 @@ def session_scope(factory: sessionmaker[Session] | Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
-
-
-def get_session(request: Request) -> Iterator[Session]:
-    """FastAPI dependency: one session per request, from the engine `create_app` put in app.state.
-
-    Read-only handlers need no commit; handlers that write call `session.commit()` themselves
-    so a failed request never half-commits.
-    """
-    with request.app.state.sessionmaker() as session:
-        yield session

@@ -42,7 +42,7 @@ def _fail(message: str) -> None:
 
 
 def _session():
-    from app.store.session import make_engine, make_sessionmaker
+    from store.session import make_engine, make_sessionmaker
 
     engine = make_engine(get_settings().database_url)
     return make_sessionmaker(engine)()
@@ -61,7 +61,7 @@ def _device(device: Optional[str]) -> str:
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Migrate the database up to REVISION (default: the newest)."""
-    from app.store import migrations
+    from store import migrations
 
     url = get_settings().database_url
     migrations.upgrade(url, revision)
@@ -71,7 +71,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. 'base'.")]) -> None:
     """Migrate the database down to REVISION."""
-    from app.store import migrations
+    from store import migrations
 
     url = get_settings().database_url
     migrations.downgrade(url, revision)
@@ -81,7 +81,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, 
 @db_app.command("current")
 def db_current() -> None:
     """Print the database's current revision."""
-    from app.store import migrations
+    from store import migrations
 
     typer.echo(migrations.current(get_settings().database_url) or "base")
 
@@ -118,7 +118,7 @@ def models_register(
 ) -> None:
     """Load a model once (to check it) and record it in the store."""
     from precompute.registry import load_embedded, load_model
-    from workers.models import register
+    from store.loading import register
 
     chosen = sum(bool(x) for x in (pretrained, checkpoint, embedded, random))
     if chosen != 1:
@@ -136,7 +136,7 @@ def models_register(
 @models_app.command("list")
 def models_list() -> None:
     """The registered models."""
-    from app.store import repository
+    from store import repository
 
     with _session() as session:
         for row in repository.list_models(session):
@@ -148,7 +148,7 @@ def models_layers(model_id: str) -> None:
     """The layers of a registered model (or of an architecture name)."""
     from precompute.architectures import architecture
 
-    from app.store import repository
+    from store import repository
 
     with _session() as session:
         row = repository.get_model(session, model_id)
@@ -192,7 +192,7 @@ def capture_command(
 ) -> None:
     """Capture each unit's maximum activation per image for the named layers."""
     from workers.capture_job import capture_folder
-    from workers.models import load_registered
+    from store.loading import load_registered
 
     with _session() as session:
         loaded = load_registered(session, model_id, device=_device(device))
@@ -373,7 +373,7 @@ def demo(
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the result when done.")] = True,
 ) -> None:
     """Build everything for the embedded toy models on a generated dataset, then serve it."""
-    from workers.demo import build_demo
+    from cli.demo import build_demo
 
     if images < 1:
         _fail("--images must be at least 1")
@@ -398,7 +398,7 @@ def datasets_register(
     seed: Annotated[int, typer.Option(help="World seed for --synthetic.")] = 0,
 ) -> None:
     """Read, check and store every image of a source as a dataset (idempotent, resumable)."""
-    from app.store.blobs import BlobStore
+    from store.blobs import BlobStore
     from workers.datasets import DatasetSource, register_dataset
 
     given = [(kind, value) for kind, value in (("folder", path), ("url", url), ("tar", tar), ("synthetic", synthetic))
@@ -413,7 +413,7 @@ def datasets_register(
     settings = get_settings()
     from tqdm import tqdm
 
-    from app.store.session import make_engine, make_sessionmaker
+    from store.session import make_engine, make_sessionmaker
 
     engine = make_engine(settings.database_url)
     bars = []  # the bar appears with the first image, so bad input stays a one-line error
@@ -440,7 +440,7 @@ def datasets_register(
 @datasets_app.command("list")
 def datasets_list() -> None:
     """The registered datasets."""
-    from app.store import repository
+    from store import repository
 
     with _session() as session:
         for row in repository.list_datasets(session):
@@ -526,7 +526,7 @@ def precompute_words(
 @tokens_app.command("create")
 def tokens_create(name: Annotated[str, typer.Argument(help="Who holds the token; recorded as the author of their writes.")]) -> None:
     """Create a write token for NAME and print it (once: only its hash is stored)."""
-    from app.store.annotations import Invalid, create_token
+    from store.annotations import Invalid, create_token
 
     with _session() as session:
         try:
@@ -541,7 +541,7 @@ def tokens_create(name: Annotated[str, typer.Argument(help="Who holds the token;
 @tokens_app.command("list")
 def tokens_list() -> None:
     """The tokens: id, prefix, holder, created, last used, revoked."""
-    from app.store.annotations import list_tokens
+    from store.annotations import list_tokens
 
     with _session() as session:
         for row in list_tokens(session):
@@ -554,7 +554,7 @@ def tokens_list() -> None:
 @tokens_app.command("revoke")
 def tokens_revoke(prefix_or_id: Annotated[str, typer.Argument(help="The token's id, or the start of its prefix (6+ characters).")]) -> None:
     """Revoke a token; writes with it are refused from now on."""
-    from app.store.annotations import Invalid, revoke_token
+    from store.annotations import Invalid, revoke_token
 
     with _session() as session:
         try:

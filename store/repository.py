@@ -3,7 +3,7 @@
 Writes key on natural keys (model slug, (model, layer name), (layer, unit index), job
 coordinates) and upsert, so re-running a registration or a job never duplicates rows. The
 functions flush but never commit: the caller owns the transaction (see
-app.store.session.session_scope), so a job can commit a batch of results atomically.
+store.session.session_scope), so a job can commit a batch of results atomically.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Table, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
-from app.store.models import MODEL_SOURCES, Job, Layer, Model, Unit, utcnow
+from store.models import MODEL_SOURCES, Job, Layer, Model, Unit, utcnow
 
 MODEL_FIELDS = frozenset(c.name for c in Model.__table__.columns)
 LAYER_FIELDS = frozenset({"name", "kind", "units", "spatial", "has_class_token", "position"})
@@ -318,7 +318,7 @@ def job_age(job: Job, now: datetime | None = None) -> timedelta:
 # Imports kept local to this section so the block above stays as it was.
 from sqlalchemy import insert as _insert  # noqa: E402
 
-from app.store.models import (  # noqa: E402
+from store.models import (  # noqa: E402
     BucketSample,
     Dataset,
     DatasetExample,

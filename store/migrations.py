@@ -1,7 +1,7 @@
 """Programmatic Alembic: what `microscope db ...` and the tests call.
 
-Paths come from app.paths, so this works from any cwd and from an installed wheel (where
-alembic/ and alembic.ini ride under app/_bundled). The URL is handed to env.py through
+Paths come from store.paths, so this works from any cwd and from an installed wheel (where
+alembic/ and alembic.ini ride under store/_bundled). The URL is handed to env.py through
 `config.attributes`, never through the ini file, because configparser would mangle the `%`
 escapes a Postgres URL can carry.
 """
@@ -15,8 +15,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import pool
 from sqlalchemy.engine import URL
 
-from app.paths import alembic_dir, alembic_ini
-from app.store.session import make_engine
+from store.paths import alembic_dir, alembic_ini
+from store.session import make_engine
 
 
 def _url_str(url: str | URL) -> str:

@@ -1,6 +1,6 @@
 """What people write into the store: API tokens, labels, notes and collections.
 
-Like app.store.repository, these functions flush but never commit; the route that calls them
+Like store.repository, these functions flush but never commit; the route that calls them
 owns the transaction. Validation that a person can act on raises `Invalid` with a sentence.
 """
 
@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.store.models import Annotation, ApiToken, Collection, CollectionUnit, Unit, utcnow
+from store.models import Annotation, ApiToken, Collection, CollectionUnit, Unit, utcnow
 
 TOKEN_PREFIX = "msk_"
 COLLECTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")

@@ -1,0 +1,38 @@
+"""The one-way layering of DESIGN.md, checked on the code as it is: cli > app | workers > store >
+precompute. A back-arrow anywhere (even an import inside a function) fails here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_import_linter_contract_holds() -> None:
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint_imports), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_the_compute_library_pulls_in_neither_the_database_nor_the_web() -> None:
+    # Every module of precompute, imported in a fresh interpreter: none of them may drag in a
+    # database or web library, even indirectly.
+    script = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import precompute
+        names = [m.name for m in pkgutil.walk_packages(precompute.__path__, "precompute.")]
+        for name in names:
+            importlib.import_module(name)
+        heavy = sorted({m.split(".")[0] for m in sys.modules} & {"sqlalchemy", "fastapi", "starlette", "alembic", "store", "app", "workers", "cli"})
+        print(len(names), ",".join(heavy))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    count, heavy = result.stdout.split()[0], result.stdout.strip().partition(" ")[2]
+    assert int(count) > 20  # the walk really imported the library's modules
+    assert heavy == "", f"importing precompute pulled in {heavy}"
