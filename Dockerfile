@@ -6,8 +6,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-co
 WORKDIR /srv/clip-microscope
 COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY precompute precompute
+COPY store store
 COPY workers workers
 COPY app app
+COPY cli cli
 COPY templates templates
 COPY static static
 COPY alembic alembic

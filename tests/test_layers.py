@@ -36,3 +36,17 @@ def test_the_compute_library_pulls_in_neither_the_database_nor_the_web() -> None
     count, heavy = result.stdout.split()[0], result.stdout.strip().partition(" ")[2]
     assert int(count) > 20  # the walk really imported the library's modules
     assert heavy == "", f"importing precompute pulled in {heavy}"
+
+
+def test_every_layer_ships_in_the_wheel_and_the_image() -> None:
+    # A package missing from the wheel or the Docker image installs fine and fails at the first
+    # import of it: the layers named by the contract are exactly what both must carry.
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    layers = set(project["tool"]["importlinter"]["root_packages"])
+    assert set(project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]) == layers
+    copied = set(re.findall(r"^COPY (\w+) \1$", (ROOT / "Dockerfile").read_text(), flags=re.M))
+    assert layers <= copied, f"the Dockerfile does not copy {sorted(layers - copied)}"
+    assert all((ROOT / name / "__init__.py").is_file() for name in layers)
