@@ -194,5 +194,7 @@ def evaluate(loaded: LoadedModel, config: EvalConfig | None = None) -> dict:
         "multimodal_colors": sum(entry["meets_bar"] for entry in colors.values()),
         "multimodal_units": colors,
         "layer": loaded.spec.final_layer.name,
+        # Ties the figures to the weights they describe: another checkpoint fails the comparison.
+        "checkpoint_sha256": loaded.checkpoint_sha256,
         "eval_config": asdict(config),
     }

@@ -5,6 +5,7 @@ code as any model, so a regression in the models or in the capture code fails he
 """
 
 import copy
+import hashlib
 import json
 import subprocess
 import sys
@@ -316,6 +317,21 @@ def test_shipped_models_keep_their_recorded_figures(eval_figures, arch):
     for color, unit in figures["multimodal_units"].items():
         if unit["meets_bar"]:
             assert unit["image_purity"] >= 0.8 and color in unit["top_words"]
+    # The figures describe these weights and these units: another checkpoint, or the same one
+    # with its units permuted, names other units and other words.
+    assert figures["checkpoint_sha256"] == recorded["checkpoint_sha256"]
+    for color, unit in recorded["multimodal_units"].items():
+        if unit["meets_bar"]:
+            found = figures["multimodal_units"][color]
+            assert found["unit"] == unit["unit"], color
+            assert len(set(found["top_words"]) & set(unit["top_words"])) >= 4, (color, found["top_words"])
+            assert abs(found["word_rank"] - unit["word_rank"]) <= 1, color
+
+
+@pytest.mark.parametrize("arch", SHIPPED)
+def test_recorded_figures_name_the_shipped_checkpoint(arch):
+    digest = hashlib.sha256(embedded_checkpoint(arch).read_bytes()).hexdigest()
+    assert RECORDED[arch]["checkpoint_sha256"] == digest
 
 
 @pytest.mark.slow
