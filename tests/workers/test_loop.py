@@ -73,8 +73,9 @@ def _jobs(sessions):
 
 
 def _attempt(sessions, states, names=tuple(FACTORS), **fail) -> Multiples:
+    orphans = _jobs(sessions).values()
     with sessions() as session:
-        release_orphans(session, _jobs(sessions).values())
+        release_orphans(session, orphans)
         session.commit()
     todo = {name: job for name, job in _jobs(sessions).items() if job.state != "done" and name in names}
     with claimed(sessions, todo, "multiples") as rows:
@@ -98,12 +99,9 @@ def sessions(migrated_url):
 def _stored(sessions) -> dict:
     with sessions() as session:
         results = sorted(session.execute(select(RESULTS.c.row, RESULTS.c.item, RESULTS.c.value)).all())
-        jobs = {job.layer: (job.state, job.cursor, job.done_items, job.progress)
-                for job in repository.find_jobs(session, "multiples", "m", layer="single")
-                + repository.find_jobs(session, "multiples", "m", layer="triple")}
-        uris = {job.layer: job.state_uri for job in repository.find_jobs(session, "multiples", "m", layer="single")
-                + repository.find_jobs(session, "multiples", "m", layer="triple")}
-    return {"results": results, "jobs": jobs, "uris": uris}
+        rows = [job for name in FACTORS for job in repository.find_jobs(session, "multiples", "m", layer=name)]
+    return {"results": results, "jobs": {job.layer: (job.state, job.cursor, job.done_items, job.progress) for job in rows},
+            "uris": {job.layer: job.state_uri for job in rows}}
 
 
 # Written out rather than derived from the loop: every item once per row, and its multiple.
