@@ -498,6 +498,8 @@ def precompute_words(
     batch_size: Annotated[int, typer.Option(help="Words per forward pass.")] = 64,
     checkpoint_every: Annotated[int, typer.Option(help="Batches between checkpoints (at most).")] = 20,
     checkpoint_seconds: Annotated[float, typer.Option(help="Seconds between checkpoints (at most).")] = 60.0,
+    engine: Annotated[str, typer.Option(help="local (in this process) or ray (the pass as a Ray task).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $MICROSCOPE_RAY_ADDRESS, $RAY_ADDRESS or a local Ray).")] = None,
     restart: Annotated[bool, typer.Option(help="Discard earlier progress of these layers and recompute.")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -514,7 +516,8 @@ def precompute_words(
     request = WordsRequest(
         model_id=model, layers=tuple(layers), words=tuple(chosen), source=source, font=font, font_size=font_size,
         image_size=image_size, top=top, list_id=list_id, batch_size=batch_size, checkpoint_every=checkpoint_every,
-        checkpoint_seconds=checkpoint_seconds, restart=restart, device=_device(device),
+        checkpoint_seconds=checkpoint_seconds, engine=engine, ray_address=ray_address, restart=restart,
+        device=_device(device),
     )
     summary = run_words(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
     typer.echo(json.dumps(summary))

@@ -3,9 +3,9 @@
 `StoreConfig` is all a shard needs to find the database, the blobs and the job states, and
 it pickles, so a Ray task on any machine of the cluster rebuilds its own connections.
 
-`run_tasks` executes shard tasks either one after the other in this process (`local`) or as
-Ray tasks (`ray`), showing one progress bar (images, throughput, time left) either way. With
-Ray the bar follows the jobs table, which the tasks update at every checkpoint.
+`run_on_ray` executes shard tasks as Ray tasks (`--engine ray`) and `Progress` is the one
+progress bar (items, throughput, time left) a job shows; `workers.loop.run_shards` picks
+between Ray and this process.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Progress:
 
     def __init__(self, total: int, initial: int, desc: str, unit: str, enabled: bool) -> None:
         self.bar = None
+        self.total, self.initial = total, initial
         self.skipped = 0
         if enabled:
             from tqdm import tqdm

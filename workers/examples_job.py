@@ -7,18 +7,17 @@ results. A new plan fixes each layer's histogram/sample bins from a calibration 
 first batch of the dataset) and writes every shard's empty accumulator as its initial state,
 all in one transaction, so resumed and remote shards always start from the same bins.
 
-Shards. One streaming pass per shard serves all requested layers at once: the model runs
-once per batch and every layer's accumulator takes its slice. Every `checkpoint_every`
-batches (or `checkpoint_seconds`), each layer's accumulator is saved (workers.state) and the
-jobs' cursor and state URI are committed together; a killed shard re-run loads that state
-and continues at the cursor with exactly the same batches (a batch is a fixed range of
-positions), so it ends bit-identical to an uninterrupted run. The same shard function runs
+Shards. Each shard is one pass of the job loop (workers.loop) over its dataset positions,
+serving all requested layers at once: the model runs once per batch and every layer's
+accumulator takes its slice. At every checkpoint each layer's accumulator is saved
+(workers.state) and the jobs' cursors and state URIs are committed together, so a killed
+shard re-run ends bit-identical to an uninterrupted run. The same shard function runs
 in-process (`--engine local`) or as a Ray task (`--engine ray`).
 
 Merge. When all shards of a layer are done, their accumulators merge in shard order (top-k
-exactly, moments in a fixed order) and the results are written in chunks of units, each
-chunk in one transaction with the merge job's cursor: examples with crops of the region
-around the maximum, buckets, and unit statistics with the histogram.
+exactly, moments in a fixed order) and a second pass of the loop, over units, writes the
+results in chunks, each chunk in one transaction with the merge job's cursor: examples with
+crops of the region around the maximum, buckets, and unit statistics with the histogram.
 """
 
 from __future__ import annotations
@@ -40,8 +39,9 @@ from precompute.crops import DEFAULT_CROP_SIZE, cell_box, crop, model_view, png_
 from precompute.errors import MicroscopeError
 from precompute.examples import ExampleParams, LayerAccumulator, calibrated_range, merge_all, ranking_values
 from precompute.loader import decode_image, iter_batches
-from workers.engines import ENGINES, Progress, StoreConfig, done_items, run_on_ray, sessions_for, set_threads
+from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
+from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, shard_bounds, spans
 from workers.state import StateStore
 
 KIND = "examples"
@@ -107,11 +107,6 @@ def _fingerprint(items: list[tuple[int, int, str, str]]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
-    shards = min(shards, count)
-    return [(s * count // shards, (s + 1) * count // shards) for s in range(shards)]
-
-
 def _job_at(session, request: ExamplesRequest, layer: str, shard: int):
     jobs = [job for job in repository.find_jobs(session, KIND, request.model_id, layer=layer, dataset_id=request.dataset_id)
             if job.shard == shard]
@@ -130,112 +125,74 @@ def run_shard(task: ShardTask, *, loaded=None, calibration: dict | None = None, 
     set_threads(task.threads)
     request = task.request
     engine, sessions = sessions_for(task.store)
-    states = StateStore(task.store.states)
-    blobs = BlobStore(task.store.blob_url)
-    jobs: dict[str, Any] = {}
     try:
         with sessions() as session:
-            for layer in task.layers:
-                job = _job_at(session, request, layer, task.shard)
-                if job.state == "done":
-                    continue
-                claimed = repository.claim_job(session, job_id=job.id)
-                if claimed is None:
-                    raise MicroscopeError(f"examples job {job.id} ({layer}, shard {task.shard}) is running elsewhere")
-                jobs[layer] = claimed
-            session.commit()
-            if not jobs:
-                return {"shard": task.shard, "images": 0, "skipped": 0}
-            items = repository.dataset_items(session, request.dataset_id, task.start, task.stop)
-            if loaded is None:
-                loaded = load_registered(session, request.model_id, device=request.device)
-        try:
-            return _stream_shard(task, jobs, items, loaded, states, blobs, sessions, calibration, progress)
-        except BaseException as error:
+            jobs = {layer: job for layer in task.layers if (job := _job_at(session, request, layer, task.shard)).state != "done"}
+        if not jobs:
+            return {"shard": task.shard, "images": 0, "skipped": 0}
+        with claimed(sessions, jobs, KIND) as rows:
             with sessions() as session:
-                for job in jobs.values():
-                    repository.finish_job(session, job.id, error=f"{type(error).__name__}: {error}"[:2000])
-                session.commit()
-            raise
+                items = repository.dataset_items(session, request.dataset_id, task.start, task.stop)
+                if loaded is None:
+                    loaded = load_registered(session, request.model_id, device=request.device)
+            if len(items) != task.stop - task.start:
+                raise MicroscopeError(f"dataset '{request.dataset_id}' changed since the plan; re-run with --restart")
+            work = _ShardPass(request, rows, items, loaded, StateStore(task.store.states), BlobStore(task.store.blob_url),
+                              calibration)
+            cadence = Cadence(request.checkpoint_every, request.checkpoint_seconds)
+            result = run_pass(sessions, work, rows, len(items), cadence, progress)
+        return {"shard": task.shard, "images": result.items, "skipped": result.skipped}
     finally:
         engine.dispose()
 
 
-def _stream_shard(task, jobs, items, loaded, states, blobs, sessions, calibration, progress) -> dict:
-    request = task.request
-    if len(items) != task.stop - task.start:
-        raise MicroscopeError(f"dataset '{request.dataset_id}' changed since the plan; re-run with --restart")
-    device = loaded.device
-    accumulators: dict[str, LayerAccumulator] = {}
-    plans: dict[str, dict] = {}
-    cursors: dict[str, int] = {}
-    current_uri: dict[str, str] = {}
-    for layer, job in jobs.items():
-        arrays, meta = states.load(job.state_uri)
-        accumulators[layer] = LayerAccumulator.from_state(arrays, meta, device)
-        plans[layer] = meta["plan"]
-        cursors[layer] = job.cursor
-        current_uri[layer] = job.state_uri
+class _ShardPass:
+    """The loop's work for one shard: items are the shard's dataset positions, each layer's
+    state is its accumulator, saved whole at every checkpoint."""
 
-    positions = np.array([item[0] for item in items], dtype=np.int64)
-    sample_keys = torch.from_numpy(K.sample_keys([item[2] for item in items], positions))
-    pairs = [(item[0], item[3]) for item in items]
-    total = len(items)
-    seen = skipped = 0
+    def __init__(self, request: ExamplesRequest, jobs: dict, items, loaded, states: StateStore, blobs: BlobStore,
+                 calibration: dict | None) -> None:
+        self.request, self.loaded, self.states, self.blobs, self.calibration = request, loaded, states, blobs, calibration
+        self.job_ids = {layer: job.id for layer, job in jobs.items()}
+        self.accumulators: dict[str, LayerAccumulator] = {}
+        self.plans: dict[str, dict] = {}
+        self.current_uri: dict[str, str] = {}
+        for layer, job in jobs.items():
+            arrays, meta = states.load(job.state_uri)
+            self.accumulators[layer] = LayerAccumulator.from_state(arrays, meta, loaded.device)
+            self.plans[layer] = meta["plan"]
+            self.current_uri[layer] = job.state_uri
+        positions = np.array([item[0] for item in items], dtype=np.int64)
+        self.sample_keys = torch.from_numpy(K.sample_keys([item[2] for item in items], positions))
+        self.pairs = [(item[0], item[3]) for item in items]
 
-    def checkpoint(layers: list[str], done: bool) -> None:
-        uris = {}
-        for layer in layers:
-            arrays, meta = accumulators[layer].state()
-            meta["plan"] = plans[layer]
-            uris[layer] = states.save(f"{KIND}-{jobs[layer].id}-{cursors[layer]:010d}", arrays, meta)
-        with sessions() as session:
-            for layer in layers:
-                repository.checkpoint_job(session, jobs[layer].id, cursors[layer], uris[layer], done=done, total_items=total)
-            session.commit()
-        for layer in layers:
-            if current_uri[layer] != uris[layer]:
-                states.delete(current_uri[layer])
-            current_uri[layer] = uris[layer]
+    def batches(self, start: int):
+        return iter_batches(self.pairs, self.request.batch_size, self.blobs.get, self.loaded.preprocess, start=start,
+                            threads=self.request.loader_threads)
 
-    finished = [layer for layer in jobs if cursors[layer] >= total]
-    if finished:  # state at the end already saved but not marked done
-        checkpoint(finished, done=True)
-    open_layers = [layer for layer in jobs if cursors[layer] < total]
-    if not open_layers:
-        return {"shard": task.shard, "images": 0, "skipped": 0}
-    begin = min(cursors[layer] for layer in open_layers)
-    last = time.monotonic()
-    since = 0
-    for batch in iter_batches(pairs, request.batch_size, blobs.get, loaded.preprocess, start=begin,
-                              threads=request.loader_threads):
-        active = [layer for layer in open_layers if cursors[layer] <= batch.start]
-        if batch.positions.numel() and active:
+    def compute(self, batch, layers: list[str]) -> None:
+        if batch.positions.numel() and layers:
+            calibration = self.calibration
             reuse = calibration is not None and torch.equal(calibration["positions"], batch.positions)
-            if reuse and all(layer in calibration["values"] for layer in active):
+            if reuse and all(layer in calibration["values"] for layer in layers):
                 values = calibration["values"]
             else:
-                values = ranking_values(loaded, batch.images, active)
-            keys = sample_keys[batch.start : batch.stop][torch.as_tensor(batch.index) - batch.start]
-            for layer in active:
-                accumulators[layer].update(values[layer][0], values[layer][1], batch.positions, keys)
-        for layer in active:
-            accumulators[layer].skipped += len(batch.skipped)
-            cursors[layer] = batch.stop
-        seen += batch.stop - batch.start
-        skipped += len(batch.skipped)
-        if progress is not None:
-            progress.advance(batch.stop - batch.start, len(batch.skipped))
-        since += 1
-        done = batch.stop >= total
-        if done or since >= request.checkpoint_every or time.monotonic() - last >= request.checkpoint_seconds:
-            checkpoint(active if not done else open_layers, done)
-            since, last = 0, time.monotonic()
-    return {"shard": task.shard, "images": seen, "skipped": skipped}
+                values = ranking_values(self.loaded, batch.images, layers)
+            keys = self.sample_keys[batch.start : batch.stop][torch.as_tensor(batch.index) - batch.start]
+            for layer in layers:
+                self.accumulators[layer].update(values[layer][0], values[layer][1], batch.positions, keys)
+        for layer in layers:
+            self.accumulators[layer].skipped += len(batch.skipped)
 
+    def save(self, layer: str, cursor: int, done: bool) -> Checkpoint:
+        arrays, meta = self.accumulators[layer].state()
+        meta["plan"] = self.plans[layer]
+        return Checkpoint(self.states.save(f"{KIND}-{self.job_ids[layer]}-{cursor:010d}", arrays, meta))
 
-def _ray_shard(task: ShardTask) -> dict:
-    return run_shard(task)
+    def committed(self, layer: str, checkpoint: Checkpoint) -> None:
+        if self.current_uri[layer] != checkpoint.state_uri:
+            self.states.delete(self.current_uri[layer])
+        self.current_uri[layer] = checkpoint.state_uri
 
 
 # -- planning -----------------------------------------------------------------------------------------
@@ -253,7 +210,7 @@ def _plan(sessions, states: StateStore, blobs: BlobStore, loaded, request: Examp
     """Create or check the jobs of every requested layer. Returns (layers still to do, the
     calibration batch if one was computed)."""
     count = len(items)
-    bounds = _shard_bounds(count, request.shards)
+    bounds = shard_bounds(count, request.shards)
     fingerprint = _fingerprint(items)
     todo: list[str] = []
     new: list[str] = []
@@ -306,18 +263,10 @@ def _plan(sessions, states: StateStore, blobs: BlobStore, loaded, request: Examp
 
 
 def _release_orphans(sessions, request: ExamplesRequest, layers: list[str]) -> None:
-    """Under the driver lock no one else works on these jobs: running ones are orphans of a
-    killed run, failed ones get another go. Both resume from their cursor."""
     with sessions() as session:
-        ids = []
-        for layer in layers:
-            for kind in (KIND, MERGE_KIND):
-                for job in repository.find_jobs(session, kind, request.model_id, layer=layer, dataset_id=request.dataset_id):
-                    if job.state == "running":
-                        ids.append(job.id)
-                    elif job.state == "failed":
-                        repository.reset_job(session, job.id)
-        repository.release_jobs(session, ids)
+        release_orphans(session, [job for layer in layers for kind in (KIND, MERGE_KIND)
+                                  for job in repository.find_jobs(session, kind, request.model_id, layer=layer,
+                                                                  dataset_id=request.dataset_id)])
         session.commit()
 
 
@@ -368,13 +317,9 @@ def _finalize_layer(sessions, states: StateStore, blobs: BlobStore, loaded, requ
             return {}
         if any(job.state != "done" for job in jobs):
             raise MicroscopeError(f"shards of {layer} are not all done; re-run to finish them")
-        merge = repository.claim_job(session, job_id=merge.id)
-        if merge is None:
-            raise MicroscopeError(f"the merge of {layer} is running elsewhere")
         layer_row = repository.get_layer(session, request.model_id, layer)
         unit_id_of = repository.unit_ids(session, layer_row.id)
-        session.commit()
-    try:
+    with claimed(sessions, {layer: merge}, MERGE_KIND) as rows:
         accumulators = [LayerAccumulator.from_state(*states.load(job.state_uri)) for job in jobs]
         merged = merge_all(accumulators)
         if merged.count == 0:
@@ -387,32 +332,58 @@ def _finalize_layer(sessions, states: StateStore, blobs: BlobStore, loaded, requ
         results = merged.results(key_of)
         del accumulators, merged
         crops = _Crops(loaded, blobs, spec, {item[0]: item[3] for item in items}, request.crop_size) if spec.spatial else None
-        _write_results(sessions, request, spec, results, unit_id_of, image_of, crops, merge, progress)
-    except BaseException as error:
-        with sessions() as session:
-            repository.finish_job(session, merge.id, error=f"{type(error).__name__}: {error}"[:2000])
-            session.commit()
-        raise
+        run_pass(sessions, _ResultWrites(request, spec, results, unit_id_of, image_of, crops), rows, spec.units,
+                 Cadence(every=1), progress)
     keep = {job.state_uri for job in jobs}
     for job in jobs:
         states.cleanup(f"{KIND}-{job.id}-", keep)
     return {"images": results.count, "skipped": results.skipped}
 
 
-def _write_results(sessions, request, spec: LayerSpec, results, unit_id_of, image_of, crops, merge, progress) -> None:
-    units = spec.units
-    params = request.params
-    per_unit = 2 * params.k + params.buckets * params.per_bucket
-    chunk = max(1, min(256, 20_000 // per_unit))
-    n_examples = results.top_positions.shape[1]
-    measure = "spatial maximum" if spec.spatial else "value"
-    pre = spec.pre_activation_module is not None
-    for begin in range(merge.cursor, units, chunk):
-        end = min(units, begin + chunk)
-        ids = [unit_id_of[u] for u in range(begin, end)]
+class _ResultWrites:
+    """The loop's work for a layer's merge: items are units, written in chunks, each chunk's
+    examples, buckets and statistics in the transaction of the merge job's cursor."""
+
+    def __init__(self, request: ExamplesRequest, spec: LayerSpec, results, unit_id_of, image_of, crops) -> None:
+        self.request, self.spec, self.results, self.unit_id_of, self.image_of, self.crops = (
+            request, spec, results, unit_id_of, image_of, crops)
+        params = request.params
+        self.chunk = max(1, min(256, 20_000 // (2 * params.k + params.buckets * params.per_bucket)))
+        self.pending: tuple[list, list, list, list] | None = None
+
+    def batches(self, start: int):
+        return spans(start, self.spec.units, self.chunk)
+
+    def compute(self, batch, names: list[str]) -> None:
+        self.pending = self._rows(batch.start, batch.stop)
+
+    def save(self, name: str, cursor: int, done: bool) -> Checkpoint:
+        rows, self.pending = self.pending, None
+        if rows is None:
+            return Checkpoint(None)
+        ids, examples, buckets, stats = rows
+        dataset_id = self.request.dataset_id
+
+        def write(session) -> None:
+            repository.replace_dataset_examples(session, dataset_id, ids, examples)
+            repository.replace_bucket_samples(session, dataset_id, ids, buckets)
+            repository.update_unit_statistics(session, stats)
+
+        return Checkpoint(None, write)
+
+    def committed(self, name: str, checkpoint: Checkpoint) -> None:
+        pass
+
+    def _rows(self, begin: int, end: int) -> tuple[list, list, list, list]:
+        results, params, dataset_id, image_of, crops = (
+            self.results, self.request.params, self.request.dataset_id, self.image_of, self.crops)
+        n_examples = results.top_positions.shape[1]
+        measure = "spatial maximum" if self.spec.spatial else "value"
+        pre = self.spec.pre_activation_module is not None
+        ids = [self.unit_id_of[u] for u in range(begin, end)]
         examples, buckets, stats = [], [], []
         for u in range(begin, end):
-            uid = unit_id_of[u]
+            uid = self.unit_id_of[u]
             for sign, values, positions, args in (
                 ("top", results.top_values, results.top_positions, results.top_args),
                 ("bottom", results.bottom_values, results.bottom_positions, results.bottom_args),
@@ -421,7 +392,7 @@ def _write_results(sessions, request, spec: LayerSpec, results, unit_id_of, imag
                     position = int(positions[u, rank])
                     arg = int(args[u, rank]) if args is not None else None
                     examples.append({
-                        "unit_id": uid, "dataset_id": request.dataset_id, "sign": sign, "rank": rank,
+                        "unit_id": uid, "dataset_id": dataset_id, "sign": sign, "rank": rank,
                         "image_id": int(image_of[position]), "activation": float(values[u, rank]),
                         "position": arg, "crop_uri": crops.uri(position, arg) if crops is not None else None,
                     })
@@ -432,23 +403,16 @@ def _write_results(sessions, request, spec: LayerSpec, results, unit_id_of, imag
                     if position < 0:
                         continue
                     buckets.append({
-                        "unit_id": uid, "dataset_id": request.dataset_id, "bucket": b, "slot": slot,
+                        "unit_id": uid, "dataset_id": dataset_id, "bucket": b, "slot": slot,
                         "low": float(edges[b]), "high": float(edges[b + 1]), "image_id": int(image_of[position]),
                         "activation": float(results.bucket_values[u, b, slot]),
                     })
-            histogram = results.histogram(u) | {"dataset": request.dataset_id, "measure": measure, "pre_activation": pre}
+            histogram = results.histogram(u) | {"dataset": dataset_id, "measure": measure, "pre_activation": pre}
             stats.append({
                 "id": uid, "mean": float(results.mean[u]), "std": float(results.std[u]), "min": float(results.min[u]),
                 "max": float(results.max[u]), "fraction_active": float(results.fraction_active[u]), "histogram": histogram,
             })
-        with sessions() as session:
-            repository.replace_dataset_examples(session, request.dataset_id, ids, examples)
-            repository.replace_bucket_samples(session, request.dataset_id, ids, buckets)
-            repository.update_unit_statistics(session, stats)
-            repository.checkpoint_job(session, merge.id, end, None, done=end >= units, total_items=units)
-            session.commit()
-        if progress is not None:
-            progress.advance(end - begin)
+        return ids, examples, buckets, stats
 
 
 # -- driver ---------------------------------------------------------------------------------------------
@@ -509,13 +473,12 @@ def run_examples(store: StoreConfig, request: ExamplesRequest, *, show_progress:
 
 def _run_shards(store, sessions, request, layers, items, loaded, calibration, show_progress) -> list[dict]:
     threads = request.threads or torch.get_num_threads()
-    bounds = _shard_bounds(len(items), request.shards)
     tasks = []
     job_ids = []
     remaining = 0
     already = 0
     with sessions() as session:
-        for shard, (start, stop) in enumerate(bounds):
+        for shard, (start, stop) in enumerate(shard_bounds(len(items), request.shards)):
             open_layers = []
             cursors = []
             for layer in layers:
@@ -532,19 +495,9 @@ def _run_shards(store, sessions, request, layers, items, loaded, calibration, sh
         return []
     progress = Progress(remaining, already, f"examples {','.join(layers)}", "img", show_progress)
     try:
-        if request.engine == "local":
-            return [run_shard(task, loaded=loaded, calibration=calibration, progress=progress) for task in tasks]
-        # Ray tasks report through the jobs table at every checkpoint; all layers of a shard
-        # advance together, so images done = job items done / layers.
-        start_items = done_items(sessions, job_ids)
-
-        def poll() -> None:
-            progress.set(min(remaining, already + (done_items(sessions, job_ids) - start_items) // len(layers)))
-
-        gpus = 1 if str(request.device).startswith("cuda") else 0  # one GPU per shard task
-        results = run_on_ray(_ray_shard, tasks, request.ray_address, poll, num_gpus_per_task=gpus)
-        progress.set(remaining)
-        return results
+        return run_shards(run_shard, tasks, engine=request.engine, progress=progress, sessions=sessions, job_ids=job_ids,
+                          local_options={"loaded": loaded, "calibration": calibration, "progress": progress},
+                          rows_per_item=len(layers), ray_address=request.ray_address, device=request.device)
     finally:
         progress.close()
 

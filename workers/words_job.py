@@ -1,14 +1,14 @@
 """`microscope precompute words`: rastered words through the model, resumable.
 
-One job (kind `words`, shard 0) per layer; one pass over the word list serves all requested
-layers. Each batch of words is rendered (precompute.words) in a background thread while the
-model runs. Every checkpoint saves the activation rows computed since the previous one as a
-chunk and commits the job's cursor with the chunk's URI; a chunk's metadata lists the
-chunks before it, so the committed state URI alone finds every row. A killed run re-run
-continues at the cursor with the same batches. At the end each layer's (words x units)
-matrix gives every unit's top words (`word_activations`) and the layer's image-based word
-embedding (`word_embeddings`: vectors minus their mean, as .npy blobs), written in the same
-transaction that marks the job done.
+One job (kind `words`, shard 0) per layer; one pass of the job loop (workers.loop) over the
+word list serves all requested layers, in this process (`--engine local`) or as a Ray task
+(`--engine ray`). Each batch of words is rendered (precompute.words) in a background thread
+while the model runs. Every checkpoint saves the activation rows computed since the previous
+one as a chunk and commits the job's cursor with the chunk's URI; a chunk's metadata lists
+the chunks before it, so the committed state URI alone finds every row. At the end each
+layer's (words x units) matrix gives every unit's top words (`word_activations`) and the
+layer's image-based word embedding (`word_embeddings`: vectors minus their mean, as .npy
+blobs), written in the transaction of the last checkpoint, which marks the job done.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from precompute.errors import MicroscopeError
 from precompute.examples import ranking_values
 from precompute.loader import iter_batches
 from precompute.words import DEFAULT_TOP_WORDS, check_font, embeddings, render_word, top_words, word_list_id
-from workers.engines import Progress, StoreConfig, sessions_for, set_threads
+from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
+from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards
 from workers.state import StateStore
 
 KIND = "words"
@@ -47,12 +48,14 @@ class WordsRequest:
     top: int = DEFAULT_TOP_WORDS
     batch_size: int = 64
     device: str = "cpu"
+    engine: str = "local"
     restart: bool = False
-    checkpoint_every: int = 20
-    checkpoint_seconds: float = 60.0
+    checkpoint_every: int = 20  # batches between checkpoints (whichever comes first ...)
+    checkpoint_seconds: float = 60.0  # ... or seconds
     list_id: str | None = None
-    threads: int = 0
+    threads: int = 0  # torch threads in the worker; 0 = this process's count
     loader_threads: int = 1
+    ray_address: str | None = None
 
     def validate(self) -> None:
         if not self.layers:
@@ -66,6 +69,21 @@ class WordsRequest:
             raise MicroscopeError("--font-size must be at least 1")
         if self.image_size is not None and self.image_size < 8:
             raise MicroscopeError("--image-size must be at least 8")
+        if self.engine not in ENGINES:
+            raise MicroscopeError(f"--engine must be one of {', '.join(ENGINES)}")
+
+
+@dataclass(frozen=True)
+class WordsTask:
+    """The pass over the word list for the layers whose job is not done: the whole of what
+    a worker (this process or a Ray task) needs."""
+
+    store: StoreConfig
+    request: WordsRequest
+    list_id: str
+    words_sha: str
+    layers: tuple[str, ...]
+    threads: int
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -82,7 +100,6 @@ def run_words(store: StoreConfig, request: WordsRequest, *, show_progress: bool 
     font_file = check_font(request.font)
     engine, sessions = sessions_for(store)
     states = StateStore(store.states)
-    blobs = BlobStore(store.blob_url)
     try:
         with sessions() as session:
             model = require_model(session, request.model_id)
@@ -94,18 +111,35 @@ def run_words(store: StoreConfig, request: WordsRequest, *, show_progress: bool 
         list_id = request.list_id or word_list_id(request.source, request.font, request.font_size, request.image_size)
         words_sha = hashlib.sha256("\n".join(request.words).encode()).hexdigest()
         summary: dict[str, Any] = {"model": request.model_id, "layers": list(request.layers), "word_list": list_id,
-                                   "words": len(request.words)}
+                                   "words": len(request.words), "engine": request.engine}
         with driver_lock(engine, f"words of {request.model_id}"):
             jobs = _plan(sessions, states, request, list_id, words_sha, font_file)
             if not jobs:
                 summary.update(status="already done", seconds=round(time.monotonic() - started, 2))
                 return summary
-            set_threads(request.threads)
-            rate = _run(sessions, states, blobs, loaded, request, list_id, jobs, show_progress)
+            total = len(request.words)
+            begin = min(job.cursor for job in jobs.values())
+            task = WordsTask(store, request, list_id, words_sha, tuple(jobs), request.threads or torch.get_num_threads())
+            progress = Progress(total, begin, f"words {','.join(jobs)}", "word", show_progress and begin < total)
+            pass_started = time.monotonic()
+            try:
+                run_shards(run_words_pass, [task], engine=request.engine, progress=progress, sessions=sessions,
+                           job_ids=[job.id for job in jobs.values()], local_options={"loaded": loaded, "progress": progress},
+                           rows_per_item=len(jobs), ray_address=request.ray_address, device=request.device)
+            finally:
+                progress.close()
+            seconds = time.monotonic() - pass_started
+        rate = round((total - begin) / seconds, 1) if seconds > 0 and begin < total else None
         summary.update(status="done", words_per_second=rate, seconds=round(time.monotonic() - started, 2))
         return summary
     finally:
         engine.dispose()
+
+
+def _plan_record(request: WordsRequest, layer: str, list_id: str, words_sha: str) -> dict[str, Any]:
+    """What a layer's job was planned with; a re-run must match it to resume it."""
+    return {"model": request.model_id, "layer": layer, "word_list": list_id, "words_sha": words_sha,
+            "batch_size": request.batch_size, "top": request.top}
 
 
 def _plan(sessions, states: StateStore, request: WordsRequest, list_id: str, words_sha: str, font_file: str) -> dict[str, Any]:
@@ -123,25 +157,23 @@ def _plan(sessions, states: StateStore, request: WordsRequest, list_id: str, wor
             "font_size": request.font_size, "image_size": request.image_size,
         })
         for layer in request.layers:
-            plan = {"model": request.model_id, "layer": layer, "word_list": list_id, "words_sha": words_sha,
-                    "batch_size": request.batch_size, "top": request.top}
             found = repository.find_jobs(session, KIND, request.model_id, layer=layer)
             if found:
                 job = found[0]
                 meta = states.meta(job.state_uri) if job.state_uri else None
-                if request.restart or (meta is not None and meta["plan"] != plan):
+                if request.restart or (meta is not None and meta["plan"] != _plan_record(request, layer, list_id, words_sha)):
                     _drop_chunks(states, job.id, meta, job.state_uri)
                     repository.checkpoint_job(session, job.id, 0, None, total_items=len(words))
                     repository.reset_job(session, job.id)
                 elif job.state == "done":
                     continue
-                elif job.state in ("running", "failed"):  # under the driver lock: an orphan
-                    repository.reset_job(session, job.id)
+                else:
+                    release_orphans(session, [job])
             else:
                 job = repository.ensure_job(session, KIND, request.model_id, layer=layer, total_items=len(words))
-            todo[layer] = (job.id, plan)
+            todo[layer] = job
         session.commit()
-    return todo
+        return {layer: repository.find_jobs(session, KIND, request.model_id, layer=layer)[0] for layer in todo}
 
 
 def _font_label(requested: str | None, resolved: str) -> str:
@@ -162,104 +194,116 @@ def _drop_chunks(states: StateStore, job_id: int, meta: dict | None, uri: str | 
     states.cleanup(f"{KIND}-{job_id}-", set())
 
 
-def _run(sessions, states, blobs, loaded, request: WordsRequest, list_id: str, todo: dict, show_progress: bool) -> float | None:
-    words = list(request.words)
-    total = len(words)
-    jobs, plans, cursors, chunks, buffers, starts = {}, {}, {}, {}, {}, {}
-    with sessions() as session:
-        for layer, (job_id, plan) in todo.items():
-            job = repository.claim_job(session, job_id=job_id)
-            if job is None:
-                raise MicroscopeError(f"words job {job_id} ({layer}) is running elsewhere")
-            jobs[layer], plans[layer] = job, plan
-            cursors[layer] = job.cursor
-            meta = states.meta(job.state_uri) if job.state_uri else {"chunks": []}
-            chunks[layer] = list(meta.get("chunks", [])) + ([job.state_uri] if job.state_uri else [])
-            buffers[layer], starts[layer] = [], job.cursor
-        session.commit()
+def run_words_pass(task: WordsTask, *, loaded=None, progress: Progress | None = None) -> dict:
+    """Run (or resume) the pass of `task`; usable in-process and as a Ray task."""
+    from store.loading import load_registered
 
-    def checkpoint(layers: list[str]) -> None:
-        uris = {}
-        for layer in layers:
-            if cursors[layer] == starts[layer]:
-                continue
-            rows = np.concatenate(buffers[layer]).astype(np.float32)
-            meta = {"plan": plans[layer], "chunks": chunks[layer], "start": starts[layer], "stop": cursors[layer]}
-            uris[layer] = states.save(f"{KIND}-{jobs[layer].id}-{starts[layer]:09d}-{cursors[layer]:09d}", {"rows": rows}, meta)
+    set_threads(task.threads)
+    request = task.request
+    engine, sessions = sessions_for(task.store)
+    try:
         with sessions() as session:
-            for layer, uri in uris.items():
-                repository.checkpoint_job(session, jobs[layer].id, cursors[layer], uri, total_items=total)
-            session.commit()
-        for layer, uri in uris.items():
-            chunks[layer].append(uri)
-            buffers[layer], starts[layer] = [], cursors[layer]
-
-    size, font, font_size, transform = request.image_size, request.font, request.font_size, loaded.preprocess
-
-    def load(item):
-        index, word = item
-        return index, transform(render_word(word, size, font, font_size)), None
-
-    open_layers = [layer for layer in jobs if cursors[layer] < total]
-    rate = None
-    if open_layers:
-        begin = min(cursors[layer] for layer in open_layers)
-        progress = Progress(total, begin, f"words {','.join(open_layers)}", "word", show_progress)
-        last, since, pass_started = time.monotonic(), 0, time.monotonic()
-        try:
-            for batch in iter_batches(list(enumerate(words)), request.batch_size, None, None, start=begin,
-                                      load=load, threads=request.loader_threads):
-                active = [layer for layer in open_layers if cursors[layer] <= batch.start]
-                values = ranking_values(loaded, batch.images, active)
-                for layer in active:
-                    buffers[layer].append(values[layer][0].cpu().numpy())
-                    cursors[layer] = batch.stop
-                progress.advance(batch.stop - batch.start)
-                since += 1
-                if batch.stop >= total or since >= request.checkpoint_every or time.monotonic() - last >= request.checkpoint_seconds:
-                    checkpoint(active)
-                    since, last = 0, time.monotonic()
-        finally:
-            progress.close()
-        seconds = time.monotonic() - pass_started
-        rate = round((total - begin) / seconds, 1) if seconds > 0 else None
-    for layer in jobs:
-        _finish_layer(sessions, states, blobs, loaded, request, list_id, layer, jobs[layer], chunks[layer], words)
-    return rate
+            jobs = {layer: repository.find_jobs(session, KIND, request.model_id, layer=layer)[0] for layer in task.layers}
+        with claimed(sessions, jobs, KIND) as rows:
+            if loaded is None:
+                with sessions() as session:
+                    loaded = load_registered(session, request.model_id, device=request.device)
+            work = _WordsPass(task, rows, loaded, StateStore(task.store.states), BlobStore(task.store.blob_url))
+            cadence = Cadence(request.checkpoint_every, request.checkpoint_seconds)
+            result = run_pass(sessions, work, rows, len(request.words), cadence, progress)
+        return {"words": result.items}
+    finally:
+        engine.dispose()
 
 
-def _finish_layer(sessions, states, blobs, loaded, request, list_id, layer, job, chunk_uris, words) -> None:
-    parts, covered = [], 0
-    for uri in chunk_uris:
-        arrays, meta = states.load(uri)
-        if meta["start"] != covered:
-            raise MicroscopeError(f"words job {job.id}: its saved rows are not contiguous; re-run with --restart")
-        parts.append(arrays["rows"])
-        covered = meta["stop"]
-    if covered != len(words):
-        raise MicroscopeError(f"words job {job.id}: {covered} of {len(words)} words saved; re-run to finish")
-    activations = np.concatenate(parts)
-    index, values = top_words(torch.from_numpy(activations), request.top)
-    vectors, mean = embeddings(activations)
-    vectors_uri = blobs.put(_npy(vectors), ".npy")
-    mean_uri = blobs.put(_npy(mean), ".npy")
-    with sessions() as session:
-        layer_row = repository.get_layer(session, request.model_id, layer)
-        unit_id_of = repository.unit_ids(session, layer_row.id)
-        ids = [unit_id_of[u] for u in range(activations.shape[1])]
-        rows = [
-            {"unit_id": ids[u], "word_list_id": list_id, "rank": rank, "word": words[int(index[u, rank])],
-             "activation": float(values[u, rank])}
-            for u in range(activations.shape[1])
-            for rank in range(index.shape[1])
-        ]
-        repository.replace_word_activations(session, list_id, ids, rows)
-        repository.upsert_word_embedding(session, layer_row.id, list_id, vectors_uri, mean_uri)
-        repository.checkpoint_job(session, job.id, len(words), chunk_uris[-1], done=True, total_items=len(words))
-        session.commit()
-    for uri in chunk_uris[:-1]:
-        states.delete(uri)
-    states.cleanup(f"{KIND}-{job.id}-", {chunk_uris[-1]})
+class _WordsPass:
+    """The loop's work: items are the words, a layer's state is its chunks of activation rows
+    (each checkpoint adds the rows since the last one); the last checkpoint writes the results."""
+
+    def __init__(self, task: WordsTask, jobs: dict, loaded, states: StateStore, blobs: BlobStore) -> None:
+        self.task, self.request, self.loaded, self.states, self.blobs = task, task.request, loaded, states, blobs
+        self.words = list(task.request.words)
+        self.job_ids = {layer: job.id for layer, job in jobs.items()}
+        self.chunks: dict[str, list[str]] = {}
+        self.buffers: dict[str, list[np.ndarray]] = {}
+        self.starts: dict[str, int] = {}
+        self.fresh: dict[str, tuple[str, int] | None] = {}
+        for layer, job in jobs.items():
+            meta = states.meta(job.state_uri) if job.state_uri else {"chunks": []}
+            self.chunks[layer] = list(meta.get("chunks", [])) + ([job.state_uri] if job.state_uri else [])
+            self.buffers[layer], self.starts[layer] = [], job.cursor
+
+    def batches(self, start: int):
+        size, font, font_size, transform = self.request.image_size, self.request.font, self.request.font_size, self.loaded.preprocess
+
+        def load(item):
+            index, word = item
+            return index, transform(render_word(word, size, font, font_size)), None
+
+        return iter_batches(list(enumerate(self.words)), self.request.batch_size, None, None, start=start, load=load,
+                            threads=self.request.loader_threads)
+
+    def compute(self, batch, layers: list[str]) -> None:
+        values = ranking_values(self.loaded, batch.images, layers)
+        for layer in layers:
+            self.buffers[layer].append(values[layer][0].cpu().numpy())
+
+    def save(self, layer: str, cursor: int, done: bool) -> Checkpoint | None:
+        self.fresh[layer] = None
+        if cursor != self.starts[layer]:
+            rows = np.concatenate(self.buffers[layer]).astype(np.float32)
+            plan = _plan_record(self.request, layer, self.task.list_id, self.task.words_sha)
+            meta = {"plan": plan, "chunks": self.chunks[layer], "start": self.starts[layer], "stop": cursor}
+            name = f"{KIND}-{self.job_ids[layer]}-{self.starts[layer]:09d}-{cursor:09d}"
+            self.fresh[layer] = (self.states.save(name, {"rows": rows}, meta), cursor)
+        chunks = self.chunks[layer] + ([self.fresh[layer][0]] if self.fresh[layer] else [])
+        if done:
+            return Checkpoint(chunks[-1], self._results(layer, chunks))
+        return Checkpoint(self.fresh[layer][0]) if self.fresh[layer] else None
+
+    def committed(self, layer: str, checkpoint: Checkpoint) -> None:
+        if self.fresh[layer] is not None:
+            uri, cursor = self.fresh[layer]
+            self.chunks[layer].append(uri)
+            self.buffers[layer], self.starts[layer] = [], cursor
+        if checkpoint.write is not None:  # done: the last chunk's metadata finds all the rows
+            for uri in self.chunks[layer][:-1]:
+                self.states.delete(uri)
+            self.states.cleanup(f"{KIND}-{self.job_ids[layer]}-", {self.chunks[layer][-1]})
+
+    def _results(self, layer: str, chunk_uris: list[str]):
+        """Every unit's top words and the layer's word embedding, from all saved rows."""
+        words, job_id, request = self.words, self.job_ids[layer], self.request
+        parts, covered = [], 0
+        for uri in chunk_uris:
+            arrays, meta = self.states.load(uri)
+            if meta["start"] != covered:
+                raise MicroscopeError(f"words job {job_id}: its saved rows are not contiguous; re-run with --restart")
+            parts.append(arrays["rows"])
+            covered = meta["stop"]
+        if covered != len(words):
+            raise MicroscopeError(f"words job {job_id}: {covered} of {len(words)} words saved; re-run to finish")
+        activations = np.concatenate(parts)
+        index, values = top_words(torch.from_numpy(activations), request.top)
+        vectors, mean = embeddings(activations)
+        vectors_uri = self.blobs.put(_npy(vectors), ".npy")
+        mean_uri = self.blobs.put(_npy(mean), ".npy")
+        list_id = self.task.list_id
+
+        def write(session) -> None:
+            layer_row = repository.get_layer(session, request.model_id, layer)
+            unit_id_of = repository.unit_ids(session, layer_row.id)
+            ids = [unit_id_of[u] for u in range(activations.shape[1])]
+            rows = [
+                {"unit_id": ids[u], "word_list_id": list_id, "rank": rank, "word": words[int(index[u, rank])],
+                 "activation": float(values[u, rank])}
+                for u in range(activations.shape[1])
+                for rank in range(index.shape[1])
+            ]
+            repository.replace_word_activations(session, list_id, ids, rows)
+            repository.upsert_word_embedding(session, layer_row.id, list_id, vectors_uri, mean_uri)
+
+        return write
 
 
 def load_word_embeddings(session, blobs: BlobStore, model_id: str, layer: str, list_id: str):

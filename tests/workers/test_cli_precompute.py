@@ -65,3 +65,5 @@ def test_bad_input_gives_one_line_and_exit_2(cli_env, tmp_path):
         microscope("precompute", "words", "--model", "toy-rn", "--layer", "layer9", "--words", "5", env=cli_env))
     assert "does not exist" in one_line_error(
         microscope("precompute", "words", "--model", "toy-rn", "--layer", "layer4", "--word-file", str(tmp_path / "w.txt"), env=cli_env))
+    assert "--engine must be one of local, ray" in one_line_error(
+        microscope("precompute", "words", "--model", "toy-rn", "--layer", "layer4", "--words", "5", "--engine", "spark", env=cli_env))

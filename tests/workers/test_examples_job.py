@@ -86,7 +86,8 @@ def _check_layer(session, blobs, loaded, dataset, layer_name, images, recomputed
                         crops_checked += 1
                 else:
                     assert example.position is None and example.crop_uri is None
-        assert got[0][0].activation == pytest.approx(float(column.min() if sign == "bottom" else column.max()), rel=1e-3, abs=1e-5)
+            extreme = column.max() if sign == "top" else column.min()
+            assert got[0][0].activation == pytest.approx(float(extreme), rel=1e-3, abs=1e-5)
         assert unit.max == pytest.approx(float(column.max()), rel=1e-3, abs=1e-5)
         assert unit.min == pytest.approx(float(column.min()), rel=1e-3, abs=1e-5)
 
