@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from precompute.errors import Problem
 from store import annotations
 from app.dependencies import get_session
 
@@ -25,12 +26,9 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 
 
-class AuthError(Exception):
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
+def unauthorised(reason: str, detail: str) -> Problem:
+    """401: who is asking is unknown. The API says how to authenticate; pages send people to /login."""
+    return Problem(401, reason, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ def _bearer(request: Request) -> str | None:
         return None
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
-        raise AuthError(401, "bad-authorization", "the Authorization header must be 'Bearer <token>'")
+        raise unauthorised("bad-authorization", "the Authorization header must be 'Bearer <token>'")
     return value.strip()
 
 
@@ -60,13 +58,13 @@ def api_writer(request: Request, session: Session = Depends(get_session)) -> Wri
     if token is None:
         token = request.cookies.get(TOKEN_COOKIE)
         if token is None:
-            raise AuthError(401, "token-required", "writing needs an API token: send 'Authorization: Bearer <token>' "
+            raise unauthorised("token-required", "writing needs an API token: send 'Authorization: Bearer <token>' "
                             "(create one with `microscope tokens create NAME`)")
         if not csrf_matches(request, request.headers.get(CSRF_HEADER)):
-            raise AuthError(403, "csrf", f"cookie-authenticated writes need the {CSRF_HEADER} header")
+            raise Problem(403, "csrf", f"cookie-authenticated writes need the {CSRF_HEADER} header")
     row = annotations.verify_token(session, token)
     if row is None:
-        raise AuthError(401, "invalid-token", "the API token is unknown or revoked")
+        raise unauthorised("invalid-token", "the API token is unknown or revoked")
     return Writer(row.id, row.name)
 
 
@@ -82,11 +80,11 @@ def page_user(request: Request, session: Session) -> Writer | None:
 def form_writer(request: Request, session: Session, submitted_csrf: str | None) -> Writer:
     """The writer behind a page's form post: a valid cookie token and a matching CSRF token."""
     if not csrf_matches(request, submitted_csrf):
-        raise AuthError(403, "csrf", "the form is stale or came from another site; reload the page and try again")
+        raise Problem(403, "csrf", "the form is stale or came from another site; reload the page and try again")
     token = request.cookies.get(TOKEN_COOKIE)
     row = annotations.verify_token(session, token) if token else None
     if row is None:
-        raise AuthError(401, "login-required", "log in with an API token to change anything")
+        raise unauthorised("login-required", "log in with an API token to change anything")
     return Writer(row.id, row.name)
 
 

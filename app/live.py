@@ -9,10 +9,14 @@ from fastapi import Request, UploadFile
 from sqlalchemy.orm import Session
 
 from app.model_service import ModelService
-from app.routes import data
+from app.pages.common import require_layer, require_model
+from app.pages.probe import default_layer, probe_result
+from app.pages.search import prompt_page
+from app.uploads import ACCEPTED, UploadLimits, decode_image
+from app.urls import request_urls
+from precompute.errors import Problem
 from store import queries
 from store.blobs import BlobStore
-from app.uploads import ACCEPTED, UploadLimits, UploadRejected, decode_image
 
 
 def upload_limits(request: Request) -> UploadLimits:
@@ -34,7 +38,7 @@ def read_upload(upload: UploadFile, limits: UploadLimits) -> bytes:
     refused bodies far beyond it; this catches the rest without trusting any header)."""
     data_bytes = upload.file.read(limits.max_bytes + 1)
     if len(data_bytes) > limits.max_bytes:
-        raise UploadRejected(413, "file-too-large", f"the file is larger than {limits.max_bytes:,} bytes")
+        raise Problem(413, "file-too-large", f"the file is larger than {limits.max_bytes:,} bytes")
     return data_bytes
 
 
@@ -42,13 +46,10 @@ def probe(
     request: Request, session: Session, *, model_id: str, layer: str | None, top_k: int, upload: UploadFile | None,
     dataset: str | None, position: int | None,
 ) -> dict[str, Any]:
-    model = queries.model_row(session, model_id)
-    if model is None:
-        raise data.NotFound("unknown-model", f"No model with id {model_id!r} is registered.")
+    require_model(session, model_id)
     layers = queries.layers_of(session, [model_id]).get(model_id, [])
-    layer = layer or data.default_layer(layers)
-    if layer is None or all(entry["name"] != layer for entry in layers):
-        raise data.NotFound("unknown-layer", f"Model {model_id!r} has no layer {layer!r}.")
+    layer = layer or default_layer(layers) or ""
+    require_layer(session, model_id, layer)
     limits = upload_limits(request)
     if upload is not None and (upload.filename or upload.size):
         decoded = decode_image(read_upload(upload, limits), limits)
@@ -56,34 +57,33 @@ def probe(
     elif dataset and position is not None:
         row = queries.dataset_image(session, dataset, position)
         if row is None:
-            raise data.NotFound("unknown-image", f"Dataset {dataset!r} has no image at position {position}.")
+            raise Problem(404, "unknown-image", f"Dataset {dataset!r} has no image at position {position}.")
         store: BlobStore = request.app.state.blobs
         try:
             stored = store.get(row["blob_uri"])
         except FileNotFoundError:
-            raise data.NotFound("missing-blob", f"The image file of {dataset}/{position} is missing from the blob store.") from None
+            raise Problem(404, "missing-blob", f"The image file of {dataset}/{position} is missing from the blob store.") from None
         decoded = decode_image(stored, limits)
         source = {"source": "dataset", "dataset": dataset, "position": position, **decoded.summary()}
     else:
-        raise data.BadQuery("no-image", "upload an image file, or pick a dataset image (dataset and position)", status=400)
+        raise Problem(400, "no-image", "upload an image file, or pick a dataset image (dataset and position)")
     live = _service(request).probe(model_id, layer, decoded.image, top_k)
-    return data.probe_result(session, request.scope.get("root_path", ""), model_id=model_id, layer_name=layer, live=live, source=source)
+    return probe_result(session, request_urls(request), model_id=model_id, layer_name=layer, live=live, source=source)
 
 
 def prompt_search(request: Request, session: Session, *, text: str, model_id: str, layer: str | None, k: int) -> dict[str, Any]:
     text = text.strip()
     if not text:
-        raise data.BadQuery("empty-prompt", "the prompt is empty")
-    if queries.model_row(session, model_id) is None:
-        raise data.NotFound("unknown-model", f"No model with id {model_id!r} is registered.")
+        raise Problem(422, "empty-prompt", "the prompt is empty")
+    require_model(session, model_id)
     layers = queries.layers_of(session, [model_id]).get(model_id, [])
-    if layer and all(entry["name"] != layer for entry in layers):
-        raise data.NotFound("unknown-layer", f"Model {model_id!r} has no layer {layer!r}.")
+    if layer:
+        require_layer(session, model_id, layer)
     scope = [entry["id"] for entry in layers if not layer or entry["name"] == layer]
-    base = request.scope.get("root_path", "")
+    urls = request_urls(request)
     cache = request.app.state.vectors
     if not queries.any_directions(session, scope):
         # Nothing to rank: say so without spending a forward pass of the text tower.
-        return data.prompt_search(session, cache, [], base, prompt=text, model_id=model_id, layer=layer, k=k)
+        return prompt_page(session, cache, [], urls, prompt=text, model_id=model_id, layer=layer, k=k)
     vector = _service(request).encode_text(model_id, text)
-    return data.prompt_search(session, cache, vector, base, prompt=text, model_id=model_id, layer=layer, k=k)
+    return prompt_page(session, cache, vector, urls, prompt=text, model_id=model_id, layer=layer, k=k)

@@ -4,10 +4,10 @@ Live features (/probe, the text-prompt search) hand it work; a single worker thr
 registered models lazily (a few at most, least recently used evicted), keeps them on the
 best device, and batches whatever requests for the same model and layer are waiting, so ten
 people probing at once cost one forward pass of ten images rather than ten passes. The queue
-is bounded: when it is full `submit` raises ServiceBusy at once, which the routes answer
-with 503 and Retry-After, instead of letting requests pile up behind a slow model.
+is bounded: when it is full `submit` raises ServiceBusy at once, which is answered with 503
+and Retry-After, instead of letting requests pile up behind a slow model.
 
-torch and precompute/ are imported by the worker thread on first use, never at app import.
+torch and precompute's models are imported by the worker thread on first use, never at app import.
 """
 
 from __future__ import annotations
@@ -23,27 +23,22 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+from precompute.errors import Problem, RetryLater
+
 log = logging.getLogger(__name__)
 
 MAX_TOP_UNITS = 64
 
 
-class ServiceBusy(Exception):
+# A model that failed to load or to run may be back after a while (a file restored, memory freed).
+RETRY_BROKEN_MODEL = 30
+
+
+class ServiceBusy(RetryLater):
+    """The queue is full or the model is slow: 503, and come back in `retry_after` seconds."""
+
     def __init__(self, retry_after: int, detail: str = "the model service is busy; try again shortly") -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
-        self.detail = detail
-
-
-class LiveError(Exception):
-    """A live request that cannot be answered, with an HTTP status and a machine reason."""
-
-    def __init__(self, status: int, reason: str, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-        self.extra = extra
+        super().__init__(503, "busy", detail, retry_after)
 
 
 @dataclass
@@ -152,9 +147,9 @@ class ModelService:
                     results = (_probe if kind == "probe" else _encode)(loaded, layer, works)
                     self.batches_run += 1
                 except Exception as error:  # each waiting request learns why
-                    if not isinstance(error, LiveError):
+                    if not isinstance(error, Problem):
                         log.exception("model service failed on %s %s %s", kind, model_id, layer)
-                        error = LiveError(503, "model-failed", f"the model service failed: {error}")
+                        error = RetryLater(503, "model-failed", f"the model service failed: {error}", RETRY_BROKEN_MODEL)
                     for work in works:
                         work.future.set_exception(error)
                     continue
@@ -170,10 +165,12 @@ class ModelService:
             return self._models[model_id]
         try:
             loaded = self._load(model_id)
-        except LiveError:
+        except Problem:
             raise
         except Exception as error:
-            raise LiveError(503, "model-unavailable", f"model {model_id!r} could not be loaded: {error}") from None
+            raise RetryLater(
+                503, "model-unavailable", f"model {model_id!r} could not be loaded: {error}", RETRY_BROKEN_MODEL
+            ) from None
         self._models[model_id] = loaded
         while len(self._models) > self.max_models:
             self._models.popitem(last=False)
@@ -204,7 +201,7 @@ def _probe(loaded: Any, layer_name: str | None, works: list[_Work]) -> list[Any]
     try:
         spec = loaded.spec.layer(layer_name)
     except UnknownLayerError as error:
-        raise LiveError(404, "unknown-layer", str(error)) from None
+        raise Problem(404, "unknown-layer", str(error)) from None
     inputs = torch.stack([loaded.preprocess(work.payload) for work in works])
     activation = capture(loaded, inputs, [spec.name])[spec.name]
     values, positions = unit_maxima(activation, spec)
@@ -245,7 +242,7 @@ def _encode(loaded: Any, _layer: str | None, works: list[_Work]) -> list[Any]:
         unknown = tokenizer.unknown_words(work.payload) if hasattr(tokenizer, "unknown_words") else []
         if unknown:
             vocabulary = getattr(tokenizer, "vocabulary", [])
-            results[i] = LiveError(
+            results[i] = Problem(
                 422,
                 "unknown-words",
                 f"{loaded.model_id} does not know the word{'s' if len(unknown) > 1 else ''} {', '.join(sorted(set(unknown)))}",
@@ -258,7 +255,7 @@ def _encode(loaded: Any, _layer: str | None, works: list[_Work]) -> list[Any]:
         try:
             tokens = tokenizer([text for _, text in texts])
         except MicroscopeError as error:
-            raise LiveError(422, "no-text-tower", str(error)) from None
+            raise Problem(422, "no-text-tower", str(error)) from None
         with torch.inference_mode():
             embeddings = loaded.model.encode_text(tokens.to(loaded.device)).float()
             embeddings = torch.nn.functional.normalize(embeddings, dim=-1).cpu().numpy()

@@ -15,13 +15,7 @@ import time
 from limits import parse, storage, strategies
 from starlette.requests import Request
 
-
-class RateLimited(Exception):
-    def __init__(self, retry_after: int, limit: str) -> None:
-        super().__init__(f"rate limit of {limit} per client exceeded; retry in {retry_after} s")
-        self.retry_after = retry_after
-        self.limit = limit
-        self.detail = str(self)
+from precompute.errors import RetryLater
 
 
 class RateLimiter:
@@ -34,7 +28,9 @@ class RateLimiter:
         if self._strategy.hit(self.limit, scope, client):
             return
         stats = self._strategy.get_window_stats(self.limit, scope, client)
-        raise RateLimited(max(1, math.ceil(stats.reset_time - time.time())), self.spec)
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RetryLater(429, "rate-limited", f"rate limit of {self.spec} per client exceeded; retry in {retry_after} s",
+                         retry_after)
 
 
 def client_key(request: Request) -> str:

@@ -1,5 +1,5 @@
 """The upload path: from untrusted bytes to an RGB picture a model can look at, or a 4xx that
-says why not.
+says why not (a Problem).
 
 Every live feature that takes a user's image (/probe now; typographic attacks and concept
 discovery later) goes through `decode_image`, behind `BodySizeLimit`, which stops reading a
@@ -25,6 +25,9 @@ from typing import Any
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from app.urls import API_PREFIX
+from precompute.errors import Problem, RetryLater
+
 # Formats and the first bytes that identify them. TIFF, SVG, PSD and friends are refused:
 # each brings its own decoder surface for no gain in a microscope.
 SIGNATURES: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
@@ -35,16 +38,6 @@ SIGNATURES: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
     ("BMP", lambda b: b[:2] == b"BM" and len(b) >= 26),
 )
 ACCEPTED = "PNG, JPEG, GIF, WebP or BMP"
-
-
-class UploadRejected(Exception):
-    """An upload refused with an HTTP status (always 4xx, or 503 when busy) and a reason."""
-
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -104,14 +97,14 @@ _DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 def decode_image(data: bytes, limits: UploadLimits = UploadLimits()) -> DecodedImage:
     if not data:
-        raise UploadRejected(400, "empty-file", "the file is empty (0 bytes)")
+        raise Problem(400, "empty-file", "the file is empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise UploadRejected(413, "file-too-large", f"the file has {len(data):,} bytes; the limit is {limits.max_bytes:,}")
+        raise Problem(413, "file-too-large", f"the file has {len(data):,} bytes; the limit is {limits.max_bytes:,}")
     fmt = sniff(data)
     if fmt is None:
-        raise UploadRejected(415, "not-an-image", f"the file is {_describe(data)}, not an image; send a {ACCEPTED} file")
+        raise Problem(415, "not-an-image", f"the file is {_describe(data)}, not an image; send a {ACCEPTED} file")
     if not _DECODE_SLOTS.acquire(timeout=30):
-        raise UploadRejected(503, "busy", "the server is decoding other uploads; try again shortly")
+        raise RetryLater(503, "busy", "the server is decoding other uploads; try again shortly", retry_after=5)
     try:
         return _decode(data, fmt, limits)
     finally:
@@ -143,17 +136,17 @@ def _decode(data: bytes, fmt: str, limits: UploadLimits) -> DecodedImage:
             image.load()
             image, swapped = _orient(image, notes)
             image = _to_rgb(image, notes)
-        except UploadRejected:
+        except Problem:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise UploadRejected(413, "too-many-pixels", f"the image has too many pixels (limit {limits.max_pixels:,})") from None
+            raise Problem(413, "too-many-pixels", f"the image has too many pixels (limit {limits.max_pixels:,})") from None
         except UnidentifiedImageError:
-            raise UploadRejected(422, "corrupt-image", f"the file starts like a {fmt} image but is not a readable one") from None
+            raise Problem(422, "corrupt-image", f"the file starts like a {fmt} image but is not a readable one") from None
         except MemoryError:
-            raise UploadRejected(413, "too-many-pixels", "the image is too large to decode") from None
+            raise Problem(413, "too-many-pixels", "the image is too large to decode") from None
         except Exception as error:  # Pillow raises many types on malformed input; all mean "broken file"
             message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-            raise UploadRejected(422, "corrupt-image", f"the {fmt} file is truncated or corrupt ({message})") from None
+            raise Problem(422, "corrupt-image", f"the {fmt} file is truncated or corrupt ({message})") from None
     if max(image.size) > limits.working_side:
         image.thumbnail((limits.working_side, limits.working_side), Image.Resampling.LANCZOS)
     if swapped:
@@ -163,11 +156,11 @@ def _decode(data: bytes, fmt: str, limits: UploadLimits) -> DecodedImage:
 
 def _check_dimensions(width: int, height: int, limits: UploadLimits) -> None:
     if width < 1 or height < 1:
-        raise UploadRejected(422, "empty-image", f"the image is {width}x{height} pixels")
+        raise Problem(422, "empty-image", f"the image is {width}x{height} pixels")
     if width > limits.max_side or height > limits.max_side:
-        raise UploadRejected(413, "too-many-pixels", f"the image is {width}x{height}; no side may exceed {limits.max_side:,} pixels")
+        raise Problem(413, "too-many-pixels", f"the image is {width}x{height}; no side may exceed {limits.max_side:,} pixels")
     if width * height > limits.max_pixels:
-        raise UploadRejected(
+        raise Problem(
             413, "too-many-pixels", f"the image is {width}x{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}"
         )
 
@@ -277,9 +270,12 @@ class BodySizeLimit:
 
     @staticmethod
     async def _refuse(scope: dict, send: Callable, limit: int) -> None:
-        detail = f"the request body is larger than {limit:,} bytes"
-        if scope["path"].startswith("/api/"):
-            body = json.dumps({"detail": detail, "reason": "body-too-large"}).encode()
+        # Outside the app's exception handlers (the body is refused before a route runs), so
+        # the refusal is written here, in the shape problem_response gives every other one.
+        problem = Problem(413, "body-too-large", f"the request body is larger than {limit:,} bytes")
+        detail = problem.detail
+        if scope["path"].startswith(API_PREFIX):
+            body = json.dumps(problem.body()).encode()
             content_type = b"application/json"
         else:
             body = f"<!doctype html><title>Too large</title><h1>Upload too large</h1><p>{detail}.</p>".encode()

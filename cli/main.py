@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from app.settings import get_settings
-from precompute.errors import MicroscopeError
+from precompute.errors import MicroscopeError, Problem
 
 app = typer.Typer(
     help="clip-microscope: see what every neuron of a CLIP vision tower responds to.",
@@ -529,12 +529,12 @@ def precompute_words(
 @tokens_app.command("create")
 def tokens_create(name: Annotated[str, typer.Argument(help="Who holds the token; recorded as the author of their writes.")]) -> None:
     """Create a write token for NAME and print it (once: only its hash is stored)."""
-    from store.annotations import Invalid, create_token
+    from store.annotations import create_token
 
     with _session() as session:
         try:
             row, token = create_token(session, name)
-        except Invalid as error:
+        except Problem as error:
             _fail(error.detail)
         session.commit()
     typer.echo(token)
@@ -557,12 +557,12 @@ def tokens_list() -> None:
 @tokens_app.command("revoke")
 def tokens_revoke(prefix_or_id: Annotated[str, typer.Argument(help="The token's id, or the start of its prefix (6+ characters).")]) -> None:
     """Revoke a token; writes with it are refused from now on."""
-    from store.annotations import Invalid, revoke_token
+    from store.annotations import revoke_token
 
     with _session() as session:
         try:
             rows = revoke_token(session, prefix_or_id)
-        except Invalid as error:
+        except Problem as error:
             _fail(error.detail)
         if not rows:
             _fail(f"no live token matches {prefix_or_id!r}")

@@ -1,7 +1,7 @@
 """What people write into the store: API tokens, labels, notes and collections.
 
 Like store.repository, these functions flush but never commit; the route that calls them
-owns the transaction. Validation that a person can act on raises `Invalid` with a sentence.
+owns the transaction. Validation that a person can act on raises a `Problem` with a sentence.
 """
 
 from __future__ import annotations
@@ -16,22 +16,13 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from precompute.errors import Problem
 from store.models import Annotation, ApiToken, Collection, CollectionUnit, Unit, utcnow
 
 TOKEN_PREFIX = "msk_"
 COLLECTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 MAX_TEXT = 2000
 MAX_LABEL = 200
-
-
-class Invalid(ValueError):
-    """A write the store refuses, with a sentence saying why and a machine-readable reason."""
-
-    def __init__(self, reason: str, detail: str, status: int = 422) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.status = status
 
 
 # -- tokens --------------------------------------------------------------------------------------
@@ -43,7 +34,7 @@ def create_token(session: Session, name: str) -> tuple[ApiToken, str]:
     """A new token for `name`; returns the row and the token itself, which is never stored."""
     name = name.strip()
     if not name or len(name) > 128:
-        raise Invalid("bad-token-name", "a token needs a name of 1 to 128 characters (who holds it)")
+        raise Problem(422, "bad-token-name", "a token needs a name of 1 to 128 characters (who holds it)")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(name=name, token_hash=hash_token(token), prefix=token[:12])
     session.add(row)
@@ -79,7 +70,7 @@ def revoke_token(session: Session, prefix_or_id: str) -> list[ApiToken]:
         stmt = stmt.where(ApiToken.id == int(prefix_or_id))
     else:
         if len(prefix_or_id) < 6:
-            raise Invalid("ambiguous-token", "give at least 6 characters of the token's prefix, or its id")
+            raise Problem(422, "ambiguous-token", "give at least 6 characters of the token's prefix, or its id")
         stmt = stmt.where(ApiToken.prefix.startswith(prefix_or_id[:12], autoescape=True))
     rows = list(session.execute(stmt).scalars())
     now = utcnow()
@@ -93,11 +84,11 @@ def revoke_token(session: Session, prefix_or_id: str) -> list[ApiToken]:
 def _clean(text: str, limit: int, what: str) -> str:
     text = (text or "").strip()
     if not text:
-        raise Invalid(f"empty-{what}", f"the {what} is empty")
+        raise Problem(422, f"empty-{what}", f"the {what} is empty")
     if len(text) > limit:
-        raise Invalid(f"long-{what}", f"the {what} has {len(text)} characters; the limit is {limit}")
+        raise Problem(422, f"long-{what}", f"the {what} has {len(text)} characters; the limit is {limit}")
     if any(ord(c) < 32 and c not in "\n\t" for c in text):
-        raise Invalid(f"bad-{what}", f"the {what} contains control characters")
+        raise Problem(422, f"bad-{what}", f"the {what} contains control characters")
     return text
 
 
@@ -128,9 +119,9 @@ def get_annotation(session: Session, annotation_id: int) -> Annotation | None:
 
 def edit_note(session: Session, annotation: Annotation, text: str, author: str) -> Annotation:
     if annotation.kind != "note":
-        raise Invalid("not-a-note", "labels are changed by setting a new label, not by editing history")
+        raise Problem(422, "not-a-note", "labels are changed by setting a new label, not by editing history")
     if annotation.author != author:
-        raise Invalid("not-your-note", f"only {annotation.author} can edit this note", status=403)
+        raise Problem(403, "not-your-note", f"only {annotation.author} can edit this note")
     annotation.text = _clean(text, MAX_TEXT, "note")
     annotation.updated_at = utcnow()
     session.flush()
@@ -139,9 +130,9 @@ def edit_note(session: Session, annotation: Annotation, text: str, author: str) 
 
 def delete_note(session: Session, annotation: Annotation, author: str) -> None:
     if annotation.kind != "note":
-        raise Invalid("not-a-note", "only notes can be deleted; label history stays")
+        raise Problem(422, "not-a-note", "only notes can be deleted; label history stays")
     if annotation.author != author:
-        raise Invalid("not-your-note", f"only {annotation.author} can delete this note", status=403)
+        raise Problem(403, "not-your-note", f"only {annotation.author} can delete this note")
     session.delete(annotation)
     session.flush()
 
@@ -150,11 +141,11 @@ def delete_note(session: Session, annotation: Annotation, author: str) -> None:
 def create_collection(session: Session, collection_id: str, title: str, description: str, author: str) -> Collection:
     collection_id = (collection_id or "").strip().lower()
     if not COLLECTION_ID.match(collection_id):
-        raise Invalid(
-            "bad-collection-id", "a collection id is 1-64 lowercase letters, digits or '-', starting with a letter or digit"
+        raise Problem(
+            422, "bad-collection-id", "a collection id is 1-64 lowercase letters, digits or '-', starting with a letter or digit"
         )
     if session.get(Collection, collection_id) is not None:
-        raise Invalid("collection-exists", f"a collection named {collection_id!r} already exists", status=409)
+        raise Problem(409, "collection-exists", f"a collection named {collection_id!r} already exists")
     row = Collection(
         id=collection_id,
         title=_clean(title, MAX_LABEL, "title"),
@@ -166,7 +157,7 @@ def create_collection(session: Session, collection_id: str, title: str, descript
         session.flush()
     except IntegrityError:  # created concurrently between the check and the insert
         session.rollback()
-        raise Invalid("collection-exists", f"a collection named {collection_id!r} already exists", status=409) from None
+        raise Problem(409, "collection-exists", f"a collection named {collection_id!r} already exists") from None
     return row
 
 

@@ -1,6 +1,6 @@
 """JSON twins of the pages, under /api/v1, and the API's writes.
 
-Every GET here returns exactly the dict its HTML page renders (app.routes.data builds both).
+Every GET here returns exactly the dict its HTML page renders (app.pages builds both).
 Writes need `Authorization: Bearer <token>`; live endpoints (probe, prompt search) are rate
 limited per client and answer 503 with Retry-After when the model service is saturated.
 """
@@ -17,15 +17,16 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
 from app import auth, live
-from app.ratelimit import limit_live
-from app.routes import data
-from app.routes import schemas as s
-from store import annotations, queries
-from store.models import Collection
+from app import pages as builders
 from app.dependencies import get_session
+from app.pages.common import DEFAULT_PER_PAGE, MAX_PER_PAGE, require_annotation, require_collection, require_unit
+from app.ratelimit import limit_live
+from app.routes import schemas as s
+from app.urls import API_PREFIX, request_urls
+from store import annotations
 
 router = APIRouter(
-    prefix=data.API_PREFIX,
+    prefix=API_PREFIX,
     responses={422: {"model": s.UnprocessableBody, "description": "The query or body cannot be answered as given."}},
 )
 
@@ -44,11 +45,7 @@ Page = Query(1, ge=1, le=100_000, description="1-based page number.")
 MAX_ID = 2**31 - 1  # INTEGER columns on both backends
 UnitIndex = Annotated[int, Path(ge=0, le=MAX_ID, description="The unit's index in its layer.")]
 AnnotationId = Annotated[int, Path(ge=1, le=MAX_ID)]
-PerPage = Query(data.DEFAULT_PER_PAGE, ge=1, le=data.MAX_PER_PAGE, description="Items per page.")
-
-
-def base(request: Request) -> str:
-    return request.scope.get("root_path", "")
+PerPage = Query(DEFAULT_PER_PAGE, ge=1, le=MAX_PER_PAGE, description="Items per page.")
 
 
 def _finite(value: Any) -> Any:
@@ -74,15 +71,15 @@ def _json(payload: dict[str, Any]) -> Response:
 
 # -- models, layers, units -----------------------------------------------------------------------
 @router.get("/models", response_model=s.ModelList, tags=["models"], summary="Registered models, with their layers and what is computed")
-def list_models(request: Request, page: int = Page, per_page: int = Query(50, ge=1, le=data.MAX_PER_PAGE),
+def list_models(request: Request, page: int = Page, per_page: int = Query(50, ge=1, le=MAX_PER_PAGE),
                 session: Session = Depends(get_session)) -> Any:
-    return data.models_index(session, base(request), page, per_page)
+    return builders.models_index(session, request_urls(request), page, per_page)
 
 
 @router.get("/models/{model_id}", response_model=s.ModelDetail, responses=E404, tags=["models"],
             summary="One model with its layers, unit counts and job progress")
 def get_model(model_id: str, request: Request, session: Session = Depends(get_session)) -> Any:
-    return data.model_detail(session, model_id, base(request))
+    return builders.model_detail(session, model_id, request_urls(request))
 
 
 class NDJSONResponse(StreamingResponse):
@@ -105,8 +102,8 @@ class NDJSONResponse(StreamingResponse):
     summary="The whole layer as JSON Lines (bulk export)",
 )
 def export_layer(model_id: str, layer: str, request: Request, session: Session = Depends(get_session)) -> NDJSONResponse:
-    rows = data.export_layer(session, model_id, layer, base(request))
-    first = next(rows, None)  # raises NotFound before any byte is sent
+    rows = builders.export_layer(session, model_id, layer, request_urls(request))
+    first = next(rows, None)  # refuses an unknown model or layer before any byte is sent
 
     def lines() -> Iterator[bytes]:
         if first is not None:
@@ -124,13 +121,14 @@ def get_layer(
     model_id: str, layer: str, request: Request, sort: str = Query("index", pattern="^(index|label|activation)$"),
     page: int = Page, per_page: int = PerPage, session: Session = Depends(get_session),
 ) -> Any:
-    return _json(data.layer_page(session, model_id, layer, base(request), sort=sort, page=page, per_page=per_page))
+    return _json(builders.layer_page(session, model_id, layer, request_urls(request), sort=sort, page=page, per_page=per_page))
 
 
 @router.get("/models/{model_id}/{layer}/{unit}", response_model=s.UnitPage, responses=E404, tags=["units"],
             summary="Everything known about one unit")
 def get_unit(model_id: str, layer: str, unit: UnitIndex, request: Request, session: Session = Depends(get_session)) -> Any:
-    page = data.unit_page(session, request.app.state.vectors, model_id, layer, unit, base(request), request.app.state.unit_cache)
+    state = request.app.state
+    page = builders.unit_page(session, state.vectors, model_id, layer, unit, request_urls(request), state.unit_cache)
     return _json(page)
 
 
@@ -142,7 +140,7 @@ def search(
     layer: str | None = Query(None, max_length=256), page: int = Page, per_page: int = PerPage,
     session: Session = Depends(get_session),
 ) -> Any:
-    return data.search_page(session, base(request), q=q, model_id=model, layer=layer, page=page, per_page=per_page)
+    return builders.search_page(session, request_urls(request), q=q, model_id=model, layer=layer, page=page, per_page=per_page)
 
 
 @router.get("/search/prompt", response_model=s.PromptPage, responses={**E404, **E_LIVE}, tags=["search"],
@@ -162,30 +160,30 @@ def words(
     layer: str | None = Query(None, max_length=256), word_list: str | None = Query(None, max_length=128),
     k: int = Query(20, ge=1, le=100), session: Session = Depends(get_session),
 ) -> Any:
-    return data.words_page(session, request.app.state.vectors, base(request), q=q, model_id=model, layer=layer,
+    return builders.words_page(session, request.app.state.vectors, request_urls(request), q=q, model_id=model, layer=layer,
                            word_list=word_list, k=k)
 
 
 # -- collections, jobs ---------------------------------------------------------------------------
 @router.get("/collections", response_model=s.CollectionList, tags=["collections"], summary="Collections of units")
 def list_collections(request: Request, page: int = Page, per_page: int = PerPage, session: Session = Depends(get_session)) -> Any:
-    return data.collections_index(session, base(request), page, per_page)
+    return builders.collections_index(session, request_urls(request), page, per_page)
 
 
 @router.get("/collections/{collection_id}", response_model=s.CollectionDetail, responses=E404, tags=["collections"],
             summary="One collection with its units")
 def get_collection(collection_id: str, request: Request, page: int = Page, per_page: int = PerPage,
                    session: Session = Depends(get_session)) -> Any:
-    return data.collection_detail(session, collection_id, base(request), page, per_page)
+    return builders.collection_detail(session, collection_id, request_urls(request), page, per_page)
 
 
 @router.get("/jobs", response_model=s.JobsPage, tags=["jobs"], summary="Precompute jobs and their progress")
 def list_jobs(
     request: Request, state: str | None = Query(None, pattern="^(pending|running|done|failed)$"),
     model: str | None = Query(None, max_length=128), kind: str | None = Query(None, max_length=64), page: int = Page,
-    per_page: int = Query(100, ge=1, le=data.MAX_PER_PAGE), session: Session = Depends(get_session),
+    per_page: int = Query(100, ge=1, le=MAX_PER_PAGE), session: Session = Depends(get_session),
 ) -> Any:
-    return data.jobs_page(session, base(request), state=state, model_id=model, kind=kind, page=page, per_page=per_page)
+    return builders.jobs_page(session, request_urls(request), state=state, model_id=model, kind=kind, page=page, per_page=per_page)
 
 
 # -- probe ---------------------------------------------------------------------------------------
@@ -194,7 +192,7 @@ def probe_form(
     request: Request, model: str | None = Query(None, max_length=128), layer: str | None = Query(None, max_length=256),
     dataset: str | None = Query(None, max_length=128), page: int = Page, session: Session = Depends(get_session),
 ) -> Any:
-    return data.probe_form(session, base(request), model_id=model, layer=layer, dataset=dataset, page=page,
+    return builders.probe_form(session, request_urls(request), model_id=model, layer=layer, dataset=dataset, page=page,
                            limits=live.upload_limits_info(request))
 
 
@@ -225,59 +223,41 @@ def probe(
 
 
 # -- writes --------------------------------------------------------------------------------------
-def _unit_row(session: Session, model_id: str, layer: str, index: int) -> dict[str, Any]:
-    row = queries.unit_core(session, model_id, layer, index)
-    if row is None:
-        raise data.NotFound("unknown-unit", f"No unit {model_id}/{layer}/{index}.")
-    return row
-
-
-def _unit_id(session: Session, model_id: str, layer: str, index: int) -> int:
-    return _unit_row(session, model_id, layer, index)["id"]
-
-
 def relabelled(request: Request, layer_id: int) -> None:
     """Unit pages of the layer list their neighbours' labels: let them read the new one."""
     if request.app.state.unit_cache is not None:
         request.app.state.unit_cache.invalidate(("unit", layer_id))
 
 
-def _collection(session: Session, collection_id: str) -> Collection:
-    row = session.get(Collection, collection_id)
-    if row is None:
-        raise data.NotFound("unknown-collection", f"No collection named {collection_id!r}.")
-    return row
-
-
 @router.put("/models/{model_id}/{layer}/{unit}/label", response_model=s.LabelOut, responses={**E404, **E_AUTH},
             tags=["writes"], summary="Set a unit's label (kept in its history)")
 def put_label(model_id: str, layer: str, unit: UnitIndex, body: s.TextIn, request: Request,
               writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
-    target = _unit_row(session, model_id, layer, unit)
+    target = require_unit(session, model_id, layer, unit)
     row = annotations.set_label(session, target["id"], body.text, writer.name)
     session.commit()
     relabelled(request, target["layer_id"])
-    links = data.unit_links(base(request), model_id, layer, unit)
-    return {"unit": f"{model_id}/{layer}/{unit}", "label": row.text, "annotation": annotations.as_dict(row), "url": links["url"]}
+    url = request_urls(request).html.unit(model_id, layer, unit)
+    return {"unit": f"{model_id}/{layer}/{unit}", "label": row.text, "annotation": annotations.as_dict(row), "url": url}
 
 
 @router.delete("/models/{model_id}/{layer}/{unit}/label", response_model=s.LabelOut, responses={**E404, **E_AUTH},
                tags=["writes"], summary="Remove a unit's current label (its history stays)")
 def delete_label(model_id: str, layer: str, unit: UnitIndex, request: Request,
                  writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
-    target = _unit_row(session, model_id, layer, unit)
+    target = require_unit(session, model_id, layer, unit)
     annotations.clear_label(session, target["id"])
     session.commit()
     relabelled(request, target["layer_id"])
-    links = data.unit_links(base(request), model_id, layer, unit)
-    return {"unit": f"{model_id}/{layer}/{unit}", "label": None, "annotation": None, "url": links["url"]}
+    url = request_urls(request).html.unit(model_id, layer, unit)
+    return {"unit": f"{model_id}/{layer}/{unit}", "label": None, "annotation": None, "url": url}
 
 
 @router.post("/models/{model_id}/{layer}/{unit}/notes", response_model=s.AnnotationOut, status_code=201,
              responses={**E404, **E_AUTH}, tags=["writes"], summary="Add a note to a unit")
 def post_note(model_id: str, layer: str, unit: UnitIndex, body: s.TextIn, writer: auth.Writer = Depends(auth.api_writer),
               session: Session = Depends(get_session)) -> Any:
-    row = annotations.add_note(session, _unit_id(session, model_id, layer, unit), body.text, writer.name)
+    row = annotations.add_note(session, require_unit(session, model_id, layer, unit)["id"], body.text, writer.name)
     session.commit()
     return annotations.as_dict(row)
 
@@ -286,9 +266,7 @@ def post_note(model_id: str, layer: str, unit: UnitIndex, body: s.TextIn, writer
               tags=["writes"], summary="Edit your note")
 def patch_note(annotation_id: AnnotationId, body: s.TextIn, writer: auth.Writer = Depends(auth.api_writer),
                session: Session = Depends(get_session)) -> Any:
-    row = annotations.get_annotation(session, annotation_id)
-    if row is None:
-        raise data.NotFound("unknown-annotation", f"No annotation {annotation_id}.")
+    row = require_annotation(session, annotation_id)
     annotations.edit_note(session, row, body.text, writer.name)
     session.commit()
     return annotations.as_dict(row)
@@ -297,9 +275,7 @@ def patch_note(annotation_id: AnnotationId, body: s.TextIn, writer: auth.Writer 
 @router.delete("/annotations/{annotation_id}", response_model=s.Deleted, responses={**E404, **E_AUTH},
                tags=["writes"], summary="Delete your note")
 def delete_note(annotation_id: AnnotationId, writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
-    row = annotations.get_annotation(session, annotation_id)
-    if row is None:
-        raise data.NotFound("unknown-annotation", f"No annotation {annotation_id}.")
+    row = require_annotation(session, annotation_id)
     annotations.delete_note(session, row, writer.name)
     session.commit()
     return {"deleted": True}
@@ -312,23 +288,23 @@ def post_collection(body: s.CollectionIn, request: Request, writer: auth.Writer 
                     session: Session = Depends(get_session)) -> Any:
     row = annotations.create_collection(session, body.id, body.title, body.description, writer.name)
     session.commit()
-    return data.collection_detail(session, row.id, base(request))
+    return builders.collection_detail(session, row.id, request_urls(request))
 
 
 @router.patch("/collections/{collection_id}", response_model=s.CollectionDetail, responses={**E404, **E_AUTH},
               tags=["writes"], summary="Retitle or redescribe a collection")
 def patch_collection(collection_id: str, body: s.CollectionPatch, request: Request,
                      writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
-    annotations.update_collection(session, _collection(session, collection_id), body.title, body.description)
+    annotations.update_collection(session, require_collection(session, collection_id), body.title, body.description)
     session.commit()
-    return data.collection_detail(session, collection_id, base(request))
+    return builders.collection_detail(session, collection_id, request_urls(request))
 
 
 @router.delete("/collections/{collection_id}", response_model=s.Deleted, responses={**E404, **E_AUTH},
                tags=["writes"], summary="Delete a collection (the units stay)")
 def delete_collection(collection_id: str, writer: auth.Writer = Depends(auth.api_writer),
                       session: Session = Depends(get_session)) -> Any:
-    annotations.delete_collection(session, _collection(session, collection_id))
+    annotations.delete_collection(session, require_collection(session, collection_id))
     session.commit()
     return {"deleted": True}
 
@@ -337,17 +313,17 @@ def delete_collection(collection_id: str, writer: auth.Writer = Depends(auth.api
              tags=["writes"], summary="Add a unit to a collection")
 def post_collection_unit(collection_id: str, body: s.CollectionUnitIn, request: Request,
                          writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
-    collection = _collection(session, collection_id)
-    annotations.add_to_collection(session, collection, _unit_id(session, body.model, body.layer, body.index), body.note)
+    collection = require_collection(session, collection_id)
+    annotations.add_to_collection(session, collection, require_unit(session, body.model, body.layer, body.index)["id"], body.note)
     session.commit()
-    return data.collection_detail(session, collection_id, base(request))
+    return builders.collection_detail(session, collection_id, request_urls(request))
 
 
 @router.delete("/collections/{collection_id}/units/{model_id}/{layer}/{unit}", response_model=s.CollectionDetail,
                responses={**E404, **E_AUTH}, tags=["writes"], summary="Remove a unit from a collection")
 def delete_collection_unit(collection_id: str, model_id: str, layer: str, unit: UnitIndex, request: Request,
                            writer: auth.Writer = Depends(auth.api_writer), session: Session = Depends(get_session)) -> Any:
-    collection = _collection(session, collection_id)
-    annotations.remove_from_collection(session, collection, _unit_id(session, model_id, layer, unit))
+    collection = require_collection(session, collection_id)
+    annotations.remove_from_collection(session, collection, require_unit(session, model_id, layer, unit)["id"])
     session.commit()
-    return data.collection_detail(session, collection_id, base(request))
+    return builders.collection_detail(session, collection_id, request_urls(request))

@@ -18,10 +18,11 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.model_service import LiveError, ModelService, ServiceBusy
+from app.model_service import ModelService, ServiceBusy
 from app.server import create_app
 from store.blobs import BlobStore
 from app.uploads import UploadLimits, decode_image
+from precompute.errors import Problem
 from tests.app.conftest import Store
 from tests.app.html import parse
 
@@ -115,7 +116,7 @@ def test_model_service_queue_is_bounded_and_batches() -> None:
     def load(model_id: str) -> SimpleNamespace:
         loads.append(model_id)
         gate.wait(10)  # the first request holds the worker until the test opens the gate
-        raise LiveError(422, "fake", "fake model")
+        raise Problem(422, "fake", "fake model")
 
     service = ModelService(load, max_queue=3, retry_after=7)
     try:
@@ -127,7 +128,7 @@ def test_model_service_queue_is_bounded_and_batches() -> None:
         assert busy.value.retry_after == 7
         gate.set()
         for future in [first, *queued]:
-            with pytest.raises(LiveError):
+            with pytest.raises(Problem):
                 future.result(10)
         # The three queued requests were answered as one batch: one more load, not three.
         assert loads == ["m", "m"]

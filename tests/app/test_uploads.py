@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient
 from PIL import Image, features
 
 from app.server import create_app
-from app.uploads import UploadLimits, UploadRejected, decode_image
+from app.uploads import UploadLimits, decode_image
+from precompute.errors import Problem
 from tests.app.conftest import Store
 
 MAX_BYTES = 1024 * 1024
@@ -304,7 +305,7 @@ def test_memory_stays_bounded(upload_client: TestClient) -> None:
 
 
 def test_decode_limits_directly() -> None:
-    with pytest.raises(UploadRejected) as info:
+    with pytest.raises(Problem) as info:
         decode_image(save(picture((100, 100)), "PNG"), UploadLimits(max_pixels=64 * 64))
     assert info.value.status == 413
     big = decode_image(save(picture((2400, 1200)), "PNG"), UploadLimits())

@@ -1,0 +1,104 @@
+"""The probe: the form (models, layers, dataset images to pick from) and what the store knows
+about the units the model service found firing on an image."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.pages.common import cell, offset, pagination, require_layer
+from app.urls import Urls
+from store import queries
+
+
+def default_layer(layers: list[dict[str, Any]]) -> str | None:
+    """The layer Microscope catalogues: layer4 for ResNets, the last MLP for ViTs."""
+    names = [l["name"] for l in layers]
+    if "layer4" in names:
+        return "layer4"
+    mlps = [n for n in names if n.endswith(".mlp")]
+    if mlps:
+        return mlps[-1]
+    return names[-1] if names else None
+
+
+def probe_form(
+    session: Session, urls: Urls, *, model_id: str | None = None, layer: str | None = None, dataset: str | None = None,
+    page: int = 1, per_page: int = 24, limits: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    choices = []
+    models = queries.models_page(session, 0, 1000)
+    layers = queries.layers_of(session, [m["id"] for m in models])
+    for m in models:
+        model_layers = layers.get(m["id"], [])
+        names = [l["name"] for l in model_layers]
+        choices.append({"id": m["id"], "arch": m["arch"], "layers": names, "default_layer": default_layer(model_layers)})
+    chosen_model = model_id or (choices[0]["id"] if choices else None)
+    chosen_layer = layer or next((c["default_layer"] for c in choices if c["id"] == chosen_model), None)
+    sets = queries.datasets(session)
+    chosen_dataset = dataset or (sets[0]["id"] if sets else None)
+    images: list[dict[str, Any]] = []
+    total = 0
+    if chosen_dataset:
+        total = next((s["image_count"] for s in sets if s["id"] == chosen_dataset), 0)
+        images = [
+            {"position": row["position"], "image_url": urls.blob(row["blob_uri"]), "width": row["width"], "height": row["height"]}
+            for row in queries.dataset_images(session, chosen_dataset, offset(page, per_page), per_page)
+        ]
+    return {
+        "models": choices,
+        "model": chosen_model,
+        "layer": chosen_layer,
+        "datasets": [{"id": s["id"], "kind": s["kind"], "image_count": s["image_count"]} for s in sets],
+        "dataset": chosen_dataset,
+        "dataset_images": images,
+        "pagination": pagination(urls, Urls.probe, total=total, page=page, per_page=per_page, model=chosen_model,
+                                 layer=chosen_layer, dataset=chosen_dataset),
+        "limits": limits or {},
+        "api_url": urls.api.probe(model=model_id, layer=layer, dataset=dataset, page=page if page != 1 else None),
+    }
+
+
+def probe_result(
+    session: Session, urls: Urls, *, model_id: str, layer_name: str, live: dict[str, Any], source: dict[str, Any]
+) -> dict[str, Any]:
+    """Attach what the store knows (labels, thumbnails, maxima) to the model service's answer."""
+    layer = require_layer(session, model_id, layer_name)
+    spatial = live.get("spatial")
+    units = queries.unit_ids_by_index(session, layer["id"], [u["unit"] for u in live["units"]])
+    maxima = {row["id"]: row for row in queries.units_by_ids(session, [u["id"] for u in units.values()]).values()}
+    thumbs = queries.thumbnails(session, [u["id"] for u in units.values()])
+    results = []
+    for entry in live["units"]:
+        row = units.get(entry["unit"])
+        unit_max = maxima[row["id"]]["max"] if row else None
+        results.append(
+            {
+                "index": entry["unit"],
+                "activation": round(entry["activation"], 5),
+                "relative": round(entry["activation"] / unit_max, 4) if unit_max else None,
+                "dataset_max": unit_max,
+                "position": entry.get("position"),
+                "cell": cell(entry.get("position"), spatial),
+                "map": entry.get("map"),
+                "map_max": max((max(r) for r in entry["map"]), default=0.0) if entry.get("map") else None,
+                "label": row["label"] if row else None,
+                "thumbnail_url": urls.blob(thumbs.get(row["id"]) if row else None),
+                **urls.unit_links(model_id, layer_name, entry["unit"]),
+            }
+        )
+    return {
+        "model": model_id,
+        "layer": layer_name,
+        "spatial": spatial,
+        "unit_count": live["unit_count"],
+        "input": {
+            **source,
+            "model_view": "data:image/png;base64," + base64.b64encode(live["input_png"]).decode("ascii"),
+        },
+        "units": results,
+        "model_url": urls.html.model(model_id),
+        "layer_url": urls.html.layer(model_id, layer_name),
+    }

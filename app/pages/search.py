@@ -1,0 +1,113 @@
+"""Search: units whose label, notes, top words or decomposition contain a text, and (live)
+units whose stored direction is nearest to an encoded text prompt."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.pages.common import DEFAULT_PER_PAGE, offset, pagination
+from app.urls import Urls
+from app.vectors import VectorCache
+from precompute.errors import Problem
+from store import queries
+
+MAX_QUERY = 200
+
+
+def search_page(
+    session: Session, urls: Urls, *, q: str = "", model_id: str | None = None, layer: str | None = None,
+    page: int = 1, per_page: int = DEFAULT_PER_PAGE,
+) -> dict[str, Any]:
+    q = q.strip()
+    if len(q) > MAX_QUERY:
+        raise Problem(422, "long-query", f"search text is limited to {MAX_QUERY} characters")
+    model_id, layer = model_id or None, layer or None
+    results: list[dict[str, Any]] = []
+    total = 0
+    if q:
+        found = queries.search_units(session, q, model_id=model_id, layer=layer)
+        total = len(found)
+        chunk = found[offset(page, per_page): offset(page, per_page) + per_page]
+        thumbs = queries.thumbnails(session, [row["id"] for row in chunk])
+        for row in chunk:
+            results.append(
+                {
+                    "model": row["model_id"],
+                    "layer": row["layer"],
+                    "index": row["index"],
+                    "label": row["label"],
+                    "matched": row["matched"],
+                    "match_text": row["match_text"],
+                    "thumbnail_url": urls.blob(thumbs.get(row["id"])),
+                    **urls.unit_links(row["model_id"], row["layer"], row["index"]),
+                }
+            )
+    return {
+        "q": q,
+        "model": model_id,
+        "layer": layer,
+        "results": results,
+        "pagination": pagination(urls, Urls.search, total=total, page=page, per_page=per_page, q=q, model=model_id,
+                                 layer=layer),
+        "models": _model_choices(session),
+        "api_url": urls.api.search(q=q, model=model_id, layer=layer, page=page if page != 1 else None),
+    }
+
+
+def _model_choices(session: Session) -> list[dict[str, Any]]:
+    models = queries.models_page(session, 0, 1000)
+    layers = queries.layers_of(session, [m["id"] for m in models])
+    return [{"id": m["id"], "layers": [layer["name"] for layer in layers.get(m["id"], [])]} for m in models]
+
+
+def prompt_page(
+    session: Session, cache: VectorCache, text_vector: Any, urls: Urls, *, prompt: str, model_id: str, layer: str | None, k: int
+) -> dict[str, Any]:
+    """Units whose stored direction is nearest to an encoded text prompt (`text_vector`)."""
+    layers = queries.layers_of(session, [model_id]).get(model_id, [])
+    if layer:
+        layers = [l for l in layers if l["name"] == layer]
+    ranked: list[tuple[float, str, int]] = []
+    searched = []
+    for entry in layers:
+        matrix = cache.directions(session, entry["id"])
+        if matrix is None:
+            continue
+        if matrix.vectors.shape[1] != len(text_vector):
+            continue  # directions of another space (e.g. a different head): not comparable
+        searched.append(entry["name"])
+        ranked.extend((sim, entry["name"], i) for i, sim in matrix.nearest(text_vector, k))
+    ranked.sort(key=lambda r: -r[0])
+    ranked = ranked[:k]
+    by_layer: dict[str, list[int]] = defaultdict(list)
+    for _, name, i in ranked:
+        by_layer[name].append(i)
+    info: dict[tuple[str, int], dict[str, Any]] = {}
+    for entry in layers:
+        if entry["name"] in by_layer:
+            for i, row in queries.unit_ids_by_index(session, entry["id"], by_layer[entry["name"]]).items():
+                info[(entry["name"], i)] = row
+    thumbs = queries.thumbnails(session, [row["id"] for row in info.values()])
+    results = []
+    for similarity, name, i in ranked:
+        row = info.get((name, i))
+        results.append(
+            {
+                "model": model_id,
+                "layer": name,
+                "index": i,
+                "similarity": round(similarity, 5),
+                "label": row["label"] if row else None,
+                "thumbnail_url": urls.blob(thumbs.get(row["id"]) if row else None),
+                **urls.unit_links(model_id, name, i),
+            }
+        )
+    missing = []
+    if not searched:
+        where = f"layer {layer!r} of {model_id!r}" if layer else f"any layer of {model_id!r}"
+        missing.append(f"No unit directions are stored for {where} yet, so there is nothing to compare the prompt with. "
+                       "They are written by the decomposition job.")
+    return {"prompt": prompt, "model": model_id, "layer": layer, "layers_searched": searched, "results": results, "missing": missing}

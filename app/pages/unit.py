@@ -1,0 +1,217 @@
+"""A unit's page: everything we know about one unit."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.cache import TTLCache
+from app.pages.common import cell, iso, require_layer, require_model, spatial_of, stats
+from app.svg import normalise_histogram
+from app.urls import Urls
+from app.vectors import VectorCache
+from precompute.errors import Problem
+from store import queries
+
+NEAREST_UNITS = 12
+
+BASIS_EXPLANATIONS = {
+    "direction": "cosine similarity of the units' second-order directions in the joint image-text space",
+    "word_embedding": "cosine similarity of the units' activations over the rastered word list",
+    "decomposition": "cosine similarity of the units' sparse text decompositions",
+    None: "nothing to compare with yet: no directions, word embeddings or decompositions are stored for this layer",
+}
+
+
+def _featureviz(rows: list[dict[str, Any]], urls: Urls) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {"main": [], "diversity": [], "facets": [], "other": []}
+    for row in rows:
+        entry = {
+            "kind": row["kind"],
+            "variant": row["variant"],
+            "image_url": urls.blob(row["blob_uri"]),
+            "final_activation": row["final_activation"],
+            "parameters": row["parameters"] or {},
+        }
+        if row["kind"] in queries.MAIN_FEATUREVIZ_KINDS and row["variant"] == "":
+            groups["main"].append(entry)
+        elif row["kind"] == "diversity":
+            groups["diversity"].append(entry)
+        elif row["kind"] == "facet":
+            groups["facets"].append(entry)
+        else:
+            groups["other"].append(entry)
+    groups["diversity"].sort(key=lambda e: (int(e["variant"]) if e["variant"].isdigit() else 1 << 30, e["variant"]))
+    return groups
+
+
+def _examples(rows: list[dict[str, Any]], spatial: list[int] | None, urls: Urls) -> list[dict[str, Any]]:
+    by_dataset: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        group = by_dataset.setdefault(row["dataset_id"], {"dataset": row["dataset_id"], "top": [], "bottom": []})
+        group[row["sign"]].append(
+            {
+                "rank": row["rank"],
+                "activation": row["activation"],
+                "image_url": urls.blob(row["blob_uri"]),
+                "crop_url": urls.blob(row["crop_uri"]),
+                "width": row["width"],
+                "height": row["height"],
+                "position": row["position"],
+                "cell": cell(row["position"], spatial),
+            }
+        )
+    return list(by_dataset.values())
+
+
+def _buckets(rows: list[dict[str, Any]], urls: Urls) -> list[dict[str, Any]]:
+    by_dataset: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        bucket = by_dataset[row["dataset_id"]].setdefault(
+            row["bucket"], {"bucket": row["bucket"], "low": row["low"], "high": row["high"], "samples": []}
+        )
+        bucket["samples"].append({"slot": row["slot"], "activation": row["activation"], "image_url": urls.blob(row["blob_uri"])})
+    return [{"dataset": dataset, "buckets": [buckets[b] for b in sorted(buckets)]} for dataset, buckets in by_dataset.items()]
+
+
+def _grouped(rows: list[dict[str, Any]], key: str, name: str, items: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        out[row[key]].append({f: row[f] for f in fields})
+    return [{name: group, items: entries} for group, entries in out.items()]
+
+
+def nearest_units(
+    session: Session, cache: VectorCache, layer_id: int, unit: dict[str, Any], model_id: str, layer_name: str, urls: Urls,
+    k: int = NEAREST_UNITS,
+) -> dict[str, Any]:
+    """The units of the same layer most like this one, by the first basis that is stored:
+    second-order directions, then word-activation profiles, then decomposition terms."""
+    index = unit["index"]
+    found: list[tuple[int, float]] = []
+    basis = None
+    if unit["direction_uri"]:
+        matrix = cache.directions(session, layer_id)
+        row = matrix.row_of(index) if matrix else None
+        if matrix is not None and (row is None or matrix.uris[row] != unit["direction_uri"]):
+            cache.invalidate(("directions", layer_id))  # stored after the cache was filled
+            matrix = cache.directions(session, layer_id)
+            row = matrix.row_of(index) if matrix else None
+        if matrix is not None and row is not None:
+            basis, found = "direction", matrix.nearest(matrix.vectors[row], k, exclude=index)
+    if basis is None:
+        for embedding in queries.word_embeddings(session, layer_id=layer_id)[:1]:
+            profiles = cache.unit_word_profiles(embedding["vectors_uri"])
+            row = profiles.row_of(index)
+            if row is not None:
+                basis, found = "word_embedding", profiles.nearest(profiles.vectors[row], k, exclude=index)
+    if basis is None:
+        matrix = cache.decompositions(session, layer_id)
+        row = matrix.row_of(index) if matrix else None
+        if matrix is not None and row is not None:
+            basis, found = "decomposition", matrix.nearest(matrix.vectors[row], k, exclude=index)
+    neighbours = queries.unit_ids_by_index(session, layer_id, [i for i, _ in found])
+    thumbs = queries.thumbnails(session, [neighbours[i]["id"] for i, _ in found if i in neighbours])
+    units = []
+    for i, similarity in found:
+        row = neighbours.get(i)
+        units.append(
+            {
+                "index": i,
+                "similarity": round(similarity, 5),
+                "label": row["label"] if row else None,
+                "thumbnail_url": urls.blob(thumbs.get(row["id"]) if row else None),
+                **urls.unit_links(model_id, layer_name, i),
+            }
+        )
+    return {"basis": basis, "explanation": BASIS_EXPLANATIONS[basis], "units": units}
+
+
+def _unit_results(
+    session: Session, cache: VectorCache, unit: dict[str, Any], spatial: list[int] | None, model_id: str, layer_name: str,
+    urls: Urls,
+) -> dict[str, Any]:
+    """What the precompute jobs wrote about a unit: everything on its page that nobody edits."""
+    uid = unit["id"]
+    return {
+        "featureviz": _featureviz(queries.featureviz_of(session, uid), urls),
+        "examples": _examples(queries.examples_of(session, uid), spatial, urls),
+        "buckets": _buckets(queries.buckets_of(session, uid), urls),
+        "words": _grouped(queries.words_of(session, uid), "word_list_id", "word_list", "words", ("rank", "word", "activation")),
+        "decomposition": _grouped(
+            queries.decomposition_of(session, uid), "pool_id", "pool", "terms", ("rank", "text", "coefficient")
+        ),
+        "nearest": nearest_units(session, cache, unit["layer_id"], unit, model_id, layer_name, urls),
+    }
+
+
+def _neighbour(urls: Urls, model_id: str, layer_name: str, index: int, units: int) -> dict[str, Any] | None:
+    if not 0 <= index < units:
+        return None
+    return urls.unit_links(model_id, layer_name, index) | {"index": index}
+
+
+def unit_page(
+    session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, urls: Urls,
+    results: TTLCache | None = None,
+) -> dict[str, Any]:
+    """The unit page. With `results`, what the jobs wrote (visualizations, examples, words,
+    decompositions, neighbours) is reused for the cache's lifetime; the unit row (label,
+    statistics), its notes and its collections are read on every view."""
+    unit = queries.unit_core(session, model_id, layer_name, index)
+    if unit is None:
+        require_model(session, model_id)
+        layer = require_layer(session, model_id, layer_name)
+        raise Problem(404, "unknown-unit",
+                      f"Layer {layer_name!r} of {model_id!r} has units 0 to {layer['units'] - 1}; there is no unit {index}.")
+    spatial = spatial_of(unit)
+
+    def load() -> dict[str, Any]:
+        return _unit_results(session, cache, unit, spatial, model_id, layer_name, urls)
+
+    key = ("unit", unit["layer_id"], unit["id"], unit["direction_uri"], urls.base)
+    parts = results.get(key, load) if results is not None else load()
+    uid = unit["id"]
+    notes = [
+        {**row, "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"])}
+        for row in queries.annotations_of(session, uid)
+    ]
+    collections = [
+        {"id": c["id"], "title": c["title"], **urls.collection_links(c["id"])} for c in queries.collections_of(session, uid)
+    ]
+    histogram = normalise_histogram(unit["histogram"])
+    present = {
+        "feature visualization": parts["featureviz"]["main"],
+        "dataset examples": parts["examples"],
+        "activation histogram": histogram,
+        "conditional-probability samples": parts["buckets"],
+        "rastered words": parts["words"],
+        "text decomposition": parts["decomposition"],
+        "second-order direction": unit["direction_uri"],
+    }
+    units = unit["layer_units"]
+    return {
+        "id": f"{model_id}/{layer_name}/{index}",
+        "model": {"id": model_id, **urls.model_links(model_id)},
+        "layer": {
+            "name": layer_name,
+            "kind": unit["layer_kind"],
+            "units": units,
+            "spatial": spatial,
+            **urls.layer_links(model_id, layer_name),
+        },
+        "index": index,
+        "label": unit["label"],
+        "stats": stats(unit),
+        "histogram": histogram,
+        **parts,
+        "has_direction": unit["direction_uri"] is not None,
+        "annotations": notes,
+        "collections": collections,
+        "prev": _neighbour(urls, model_id, layer_name, index - 1, units),
+        "next": _neighbour(urls, model_id, layer_name, index + 1, units),
+        "missing": [name for name, value in present.items() if not value],
+        **urls.unit_links(model_id, layer_name, index),
+    }

@@ -1,0 +1,56 @@
+"""Search by text, and by a text prompt (live)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from app.routes.schemas.common import Pagination
+
+
+class SearchResult(BaseModel):
+    model: str
+    layer: str
+    index: int
+    label: str | None
+    matched: Literal["label", "note", "word", "decomposition"]
+    match_text: str
+    thumbnail_url: str | None
+    url: str
+    api_url: str
+
+
+class ModelChoice(BaseModel):
+    id: str
+    layers: list[str]
+
+
+class SearchPage(BaseModel):
+    q: str
+    model: str | None
+    layer: str | None
+    results: list[SearchResult]
+    pagination: Pagination
+    models: list[ModelChoice]
+    api_url: str
+
+
+class PromptResult(BaseModel):
+    model: str
+    layer: str
+    index: int
+    similarity: float
+    label: str | None
+    thumbnail_url: str | None
+    url: str
+    api_url: str
+
+
+class PromptPage(BaseModel):
+    prompt: str
+    model: str
+    layer: str | None
+    layers_searched: list[str]
+    results: list[PromptResult]
+    missing: list[str]

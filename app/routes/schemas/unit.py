@@ -1,0 +1,157 @@
+"""A unit's page."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.routes.schemas.common import AnnotationOut, Cell, ModelRef
+
+
+class Stats(BaseModel):
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    fraction_active: float | None
+
+
+class Histogram(BaseModel):
+    edges: list[float] = Field(description="Bin edges, one more than counts.")
+    counts: list[float]
+    underflow: float | None = Field(None, description="Values below the first edge, where counted.")
+    overflow: float | None = Field(None, description="Values above the last edge, where counted.")
+
+
+class FeatureVizImage(BaseModel):
+    kind: str = Field(description="`channel`, `neuron`, `diversity` or `facet`.")
+    variant: str = Field(description="Diversity member or facet name; empty for the main image.")
+    image_url: str | None
+    final_activation: float | None
+    parameters: dict[str, Any]
+
+
+class FeatureVizGroups(BaseModel):
+    main: list[FeatureVizImage]
+    diversity: list[FeatureVizImage]
+    facets: list[FeatureVizImage]
+    other: list[FeatureVizImage]
+
+
+class Example(BaseModel):
+    rank: int
+    activation: float
+    image_url: str | None
+    crop_url: str | None = Field(description="The region around the maximum, if stored.")
+    width: int
+    height: int
+    position: int | None = Field(description="Flat index of the spatial maximum in the layer's grid.")
+    cell: Cell | None
+
+
+class ExampleGroup(BaseModel):
+    dataset: str
+    top: list[Example]
+    bottom: list[Example]
+
+
+class BucketSampleOut(BaseModel):
+    slot: int
+    activation: float
+    image_url: str | None
+
+
+class Bucket(BaseModel):
+    bucket: int
+    low: float
+    high: float
+    samples: list[BucketSampleOut]
+
+
+class BucketGroup(BaseModel):
+    dataset: str
+    buckets: list[Bucket]
+
+
+class WordOut(BaseModel):
+    rank: int
+    word: str
+    activation: float
+
+
+class WordGroup(BaseModel):
+    word_list: str
+    words: list[WordOut]
+
+
+class Term(BaseModel):
+    rank: int
+    text: str
+    coefficient: float = Field(description="Signed weight of the text in the unit's sparse decomposition.")
+
+
+class TermGroup(BaseModel):
+    pool: str
+    terms: list[Term]
+
+
+class NearestUnit(BaseModel):
+    index: int
+    similarity: float
+    label: str | None
+    thumbnail_url: str | None
+    url: str
+    api_url: str
+
+
+class Nearest(BaseModel):
+    basis: Literal["direction", "word_embedding", "decomposition"] | None = Field(description="What was compared.")
+    explanation: str
+    units: list[NearestUnit]
+
+
+class CollectionRef(BaseModel):
+    id: str
+    title: str
+    url: str
+    api_url: str
+
+
+class UnitLink(BaseModel):
+    index: int
+    url: str
+    api_url: str
+
+
+class UnitLayerRef(BaseModel):
+    name: str
+    kind: str
+    units: int
+    spatial: list[int] | None
+    url: str
+    api_url: str
+
+
+class UnitPage(BaseModel):
+    id: str = Field(description="model/layer/index")
+    model: ModelRef
+    layer: UnitLayerRef
+    index: int
+    label: str | None
+    stats: Stats | None
+    histogram: Histogram | None
+    featureviz: FeatureVizGroups
+    examples: list[ExampleGroup]
+    buckets: list[BucketGroup] = Field(description="Samples per activation bucket: the conditional-probability strip.")
+    words: list[WordGroup]
+    decomposition: list[TermGroup]
+    has_direction: bool
+    nearest: Nearest
+    annotations: list[AnnotationOut]
+    collections: list[CollectionRef]
+    prev: UnitLink | None
+    next: UnitLink | None
+    missing: list[str] = Field(description="What has not been computed for this unit.")
+    url: str
+    api_url: str
