@@ -57,7 +57,18 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         return engine
 
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(u, **kwargs)
+    engine = create_engine(u, **kwargs)
+
+    @event.listens_for(engine, "handle_error")
+    def _nul_in_text(context: Any) -> None:
+        # Postgres text cannot hold NUL (SQLite's can): a request's text with one in it is
+        # refused as bad input rather than failing as a server error.
+        if "cannot contain NUL" in str(context.original_exception):
+            from store.annotations import Invalid
+
+            raise Invalid("nul-byte", "text in the request contains a NUL (0x00) character, which the store cannot hold")
+
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

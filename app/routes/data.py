@@ -832,6 +832,8 @@ def probe_form(
         names = [l["name"] for l in layers.get(m["id"], [])]
         default = default_layer(layers.get(m["id"], []))
         choices.append({"id": m["id"], "arch": m["arch"], "layers": names, "default_layer": default})
+    if model_id and model_id not in {c["id"] for c in choices}:
+        raise NotFound("unknown-model", f"No model with id {model_id!r} is registered.")
     chosen_model = model_id or (choices[0]["id"] if choices else None)
     chosen_layer = layer or next((c["default_layer"] for c in choices if c["id"] == chosen_model), None)
     sets = queries.datasets(session)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,12 @@ def build_store(backend: str, folder: Path, **kwargs: Any) -> tuple[Store, Any]:
     return Store(backend, url, blob_url, populated, create_token(url, "tester")), drop
 
 
-@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    built, drop = build_store(request.param, tmp_path_factory.mktemp(f"store-{request.param}"), units=12, images=24)
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def built_store(backend: str, folder: Path, **kwargs: Any) -> Iterator[Store]:
+    built, drop = build_store(backend, folder, **kwargs)
     try:
         yield built
     finally:
@@ -85,11 +89,19 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             drop()
 
 
-@pytest.fixture(scope="session")
-def sqlite_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    """One SQLite store, for tests where the backend does not matter (uploads, live probes)."""
-    built, _ = build_store("sqlite", tmp_path_factory.mktemp("store-sqlite-only"), units=12, images=24)
-    return built
+@pytest.fixture(scope="session", params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """The shared read-only store of the page tests, one per backend."""
+    with built_store(request.param, tmp_path_factory.mktemp(f"store-{request.param}"), units=12, images=24) as built:
+        yield built
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def live_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """A store per backend for the live probes and uploads, which register extra models into it
+    (so the page tests' store keeps exactly the two toy models)."""
+    with built_store(request.param, tmp_path_factory.mktemp(f"live-{request.param}"), units=12, images=24) as built:
+        yield built
 
 
 @pytest.fixture
@@ -99,6 +111,6 @@ def web(store: Store) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def sqlite_web(sqlite_store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(sqlite_store.settings())) as client:
+def live_web(live_store: Store) -> Iterator[TestClient]:
+    with TestClient(create_app(live_store.settings())) as client:
         yield client
