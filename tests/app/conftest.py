@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from app.server import create_app
 from app.settings import Settings
 from tests.conftest import POSTGRES_URL, require_postgres
+from tests.job_store import JobStore, fill_with_jobs
 from tests.sample_store import Populated, create_token, populate
 
 
@@ -62,14 +63,17 @@ def _postgres_schema() -> tuple[str, Any]:
     return url.render_as_string(hide_password=False), drop
 
 
+def _database(backend: str, folder: Path) -> tuple[str, Any]:
+    """An empty database on `backend` and what drops it afterwards (None for a SQLite file)."""
+    if backend == "sqlite":
+        return f"sqlite:///{folder / 'microscope.db'}", None
+    return _postgres_schema()
+
+
 def build_store(backend: str, folder: Path, **kwargs: Any) -> tuple[Store, Any]:
     from store import migrations
 
-    drop = None
-    if backend == "sqlite":
-        url = f"sqlite:///{folder / 'microscope.db'}"
-    else:
-        url, drop = _postgres_schema()
+    url, drop = _database(backend, folder)
     migrations.upgrade(url)
     blob_url = str(folder / "blobs")
     populated = populate(url, blob_url, **kwargs)
@@ -102,6 +106,26 @@ def live_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     (so the page tests' store keeps exactly the two toy models)."""
     with built_store(request.param, tmp_path_factory.mktemp(f"live-{request.param}"), units=12, images=24) as built:
         yield built
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def job_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobStore]:
+    """A store per backend that the real examples and words jobs filled (tests/job_store.py)."""
+    folder = tmp_path_factory.mktemp(f"jobs-{request.param}")
+    url, drop = _database(request.param, folder)
+    try:
+        yield fill_with_jobs(request.param, url, str(folder / "blobs"))
+    finally:
+        if drop:
+            drop()
+
+
+@pytest.fixture
+def job_web(job_store: JobStore) -> Iterator[TestClient]:
+    settings = Settings(database_url=job_store.database_url, blob_url=job_store.blob_url,
+                        data_dir=Path(job_store.blob_url).parent / "data", device="cpu")
+    with TestClient(create_app(settings)) as client:
+        yield client
 
 
 @pytest.fixture
