@@ -1,8 +1,12 @@
-"""A populated store per backend, built once per test session, and clients on it.
+"""Stores per backend, built once per test session, and clients on them.
 
-Populating (registering both toy models, rendering pictures, writing a few thousand rows) takes
-seconds, so the read-only page tests share one store per backend. Tests that write use their
-own units and collection names and never assert on global counts.
+- `job_store`: filled by the real examples and words jobs (tests/job_store.py), for the pages
+  that show what those jobs write.
+- `store`: sample results shaped like every job's output (tests/sample_store.py), including
+  what no job writes yet (feature visualizations, directions, decompositions). Populating it
+  takes seconds, so the read-only page tests share it. Tests that write use their own units
+  and collection names and never assert on global counts.
+- `live_store`: the same sample results, for the live probes and uploads, which add models.
 """
 
 from __future__ import annotations
