@@ -179,6 +179,7 @@ def delete_collection(session: Session, collection: Collection) -> None:
 
 def add_to_collection(session: Session, collection: Collection, unit_id: int, note: str = "") -> bool:
     """Append a unit (True), or leave it where it is if already there (False)."""
+    note = _clean(note, MAX_TEXT, "note") if (note or "").strip() else ""
     exists = session.execute(
         select(CollectionUnit.id).where(CollectionUnit.collection_id == collection.id, CollectionUnit.unit_id == unit_id)
     ).first()
@@ -187,7 +188,7 @@ def add_to_collection(session: Session, collection: Collection, unit_id: int, no
     position = session.execute(
         select(func.coalesce(func.max(CollectionUnit.position) + 1, 0)).where(CollectionUnit.collection_id == collection.id)
     ).scalar_one()
-    session.add(CollectionUnit(collection_id=collection.id, unit_id=unit_id, position=position, note=(note or "").strip()[:MAX_TEXT]))
+    session.add(CollectionUnit(collection_id=collection.id, unit_id=unit_id, position=position, note=note))
     collection.updated_at = utcnow()
     session.flush()
     return True

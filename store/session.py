@@ -11,6 +11,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from precompute.errors import Problem
+
 
 def sqlite_file(url: str | URL) -> Path | None:
     """The database file behind a SQLite URL, or None for in-memory / URI-style databases."""
@@ -57,7 +59,16 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         return engine
 
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(u, **kwargs)
+    engine = create_engine(u, **kwargs)
+
+    @event.listens_for(engine, "handle_error")
+    def _nul_in_text(context: Any) -> None:
+        # Postgres text cannot hold NUL (SQLite's can): a request's text with one in it is
+        # refused as bad input rather than failing as a server error.
+        if "cannot contain NUL" in str(context.original_exception):
+            raise Problem(422, "nul-byte", "text in the request contains a NUL (0x00) character, which the store cannot hold")
+
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

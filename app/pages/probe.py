@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.pages.common import cell, offset, pagination, require_layer
 from app.urls import Urls
+from precompute.errors import Problem
 from store import queries
 
 
@@ -35,6 +36,8 @@ def probe_form(
         model_layers = layers.get(m["id"], [])
         names = [l["name"] for l in model_layers]
         choices.append({"id": m["id"], "arch": m["arch"], "layers": names, "default_layer": default_layer(model_layers)})
+    if model_id and model_id not in {c["id"] for c in choices}:
+        raise Problem(404, "unknown-model", f"No model with id {model_id!r} is registered.")
     chosen_model = model_id or (choices[0]["id"] if choices else None)
     chosen_layer = layer or next((c["default_layer"] for c in choices if c["id"] == chosen_model), None)
     sets = queries.datasets(session)

@@ -187,7 +187,7 @@ def list_jobs(
 
 
 # -- probe ---------------------------------------------------------------------------------------
-@router.get("/probe", response_model=s.ProbeForm, tags=["probe"], summary="What /probe offers: models, layers, dataset images, limits")
+@router.get("/probe", response_model=s.ProbeForm, responses=E404, tags=["probe"], summary="What /probe offers: models, layers, dataset images, limits")
 def probe_form(
     request: Request, model: str | None = Query(None, max_length=128), layer: str | None = Query(None, max_length=256),
     dataset: str | None = Query(None, max_length=128), page: int = Page, session: Session = Depends(get_session),

@@ -21,7 +21,6 @@ from PIL import Image
 from app.model_service import ModelService, ServiceBusy
 from app.server import create_app
 from store.blobs import BlobStore
-from app.uploads import UploadLimits, decode_image
 from precompute.errors import Problem
 from tests.app.conftest import Store
 from tests.app.html import parse
@@ -39,61 +38,78 @@ def scene() -> Image.Image:
     return generate(7, 3).image.resize((150, 120))
 
 
-def test_probe_matches_a_direct_forward_pass(sqlite_web: TestClient, sqlite_store: Store) -> None:
-    from store.session import make_engine, make_sessionmaker
-    from precompute.capture import capture, spatial_maps, unit_maxima
+def hooked_output(loaded, module_path: str, pixels: torch.Tensor) -> torch.Tensor:
+    """The output of one submodule of the vision tower, read with a plain forward hook."""
+    seen: list[torch.Tensor] = []
+    module = loaded.model.visual.get_submodule(module_path)
+    handle = module.register_forward_hook(lambda _module, _inputs, output: seen.append(output.detach().clone()))
+    try:
+        loaded.model.eval()
+        with torch.inference_mode():
+            loaded.model.visual(pixels)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_probe_matches_a_direct_forward_pass(live_web: TestClient, live_store: Store) -> None:
     from store.loading import load_registered
+    from store.session import make_engine, make_sessionmaker
 
     data = png(scene())
-    r = sqlite_web.post("/api/v1/probe", data={"model": "toy-vit", "top_k": "8"}, files={"file": ("scene.png", data, "image/png")})
+    r = live_web.post("/api/v1/probe", data={"model": "toy-vit", "top_k": "8"}, files={"file": ("scene.png", data, "image/png")})
     assert r.status_code == 200, r.text
     body = r.json()
-    layer = sqlite_store.populated.models["toy-vit"]["layer"]
+    layer = live_store.populated.models["toy-vit"]["layer"]
+    assert layer == "transformer.resblocks.5.mlp"
     assert body["layer"] == layer and body["spatial"] == [8, 8] and body["unit_count"] == 512
     assert body["input"]["width"] == 150 and body["input"]["model_view"].startswith("data:image/png;base64,")
 
-    engine = make_engine(sqlite_store.database_url)
+    engine = make_engine(live_store.database_url)
     with make_sessionmaker(engine)() as session:
         loaded = load_registered(session, "toy-vit")  # the model the server loads: trained or seeded random
     engine.dispose()
-    image = decode_image(data, UploadLimits()).image
-    activation = capture(loaded, loaded.preprocess(image).unsqueeze(0), [layer])[layer]
-    spec = loaded.spec.layer(layer)
-    values, positions = unit_maxima(activation, spec)
-    maps = spatial_maps(activation, spec)
-    top = torch.topk(values[0], 8)
-    assert [u["index"] for u in body["units"]] == top.indices.tolist()
-    assert [u["activation"] for u in body["units"]] == pytest.approx(top.values.tolist(), abs=1e-4)
+    pixels = loaded.preprocess(Image.open(io.BytesIO(data)).convert("RGB")).unsqueeze(0)
+    # The MLP neurons (its GELU) on every token: drop the class token, 64 patch tokens of an 8 x 8 grid remain.
+    tokens = hooked_output(loaded, "transformer.resblocks.5.mlp.gelu", pixels)
+    if not getattr(loaded.model.visual.transformer, "batch_first", True):
+        tokens = tokens.transpose(0, 1)
+    patches = tokens[0, 1:, :]  # (64 patches, 512 units)
+    assert patches.shape == (64, 512)
+    maxima, where = patches.max(dim=0)
+    expected = torch.argsort(maxima, descending=True)[:8]
+    assert [u["index"] for u in body["units"]] == expected.tolist()
+    assert [u["activation"] for u in body["units"]] == pytest.approx(maxima[expected].tolist(), abs=1e-4)
     first = body["units"][0]
-    assert first["position"] == int(positions[0, first["index"]])
-    assert np.allclose(first["map"], maps[0, first["index"]].numpy(), atol=1e-4)
+    assert first["position"] == int(where[first["index"]])
+    assert np.allclose(first["map"], patches[:, first["index"]].reshape(8, 8).numpy(), atol=1e-4)
     assert first["map_max"] == pytest.approx(first["activation"], abs=1e-4)
     assert first["cell"]["row"] * 8 + first["cell"]["col"] == first["position"]
     assert first["url"] == f"/models/toy-vit/{layer}/{first['index']}"
 
 
-def test_probe_page_with_a_dataset_image(sqlite_web: TestClient, sqlite_store: Store) -> None:
-    r = sqlite_web.post("/probe", data={"model": "toy-rn", "layer": "layer4", "dataset": "synthetic-world", "position": "5"})
+def test_probe_page_with_a_dataset_image(live_web: TestClient, live_store: Store) -> None:
+    r = live_web.post("/probe", data={"model": "toy-rn", "layer": "layer4", "dataset": "synthetic-world", "position": "5"})
     assert r.status_code == 200, r.text[:300]
     doc = parse(r.text)
     section = doc.one("section", id="probe-result")
     cards = section.find_all("a", data_unit=True)
     assert len(cards) == 12
-    api = sqlite_web.post("/api/v1/probe", data={"model": "toy-rn", "dataset": "synthetic-world", "position": "5"}).json()
+    api = live_web.post("/api/v1/probe", data={"model": "toy-rn", "dataset": "synthetic-world", "position": "5"}).json()
     assert [int(c["data-unit"]) for c in cards] == [u["index"] for u in api["units"]]
     assert all(c.find("svg") is not None for c in cards)  # the spatial map drawn over the image
     assert api["input"]["source"] == "dataset" and api["input"]["position"] == 5
-    missing = sqlite_web.post("/api/v1/probe", data={"model": "toy-rn", "dataset": "synthetic-world", "position": "999"})
+    missing = live_web.post("/api/v1/probe", data={"model": "toy-rn", "dataset": "synthetic-world", "position": "999"})
     assert missing.status_code == 404
-    nothing = sqlite_web.post("/api/v1/probe", data={"model": "toy-rn"})
+    nothing = live_web.post("/api/v1/probe", data={"model": "toy-rn"})
     assert nothing.status_code == 400 and nothing.json()["reason"] == "no-image"
-    assert sqlite_web.post("/api/v1/probe", data={"model": "nope", "dataset": "synthetic-world", "position": "1"}).status_code == 404
-    assert sqlite_web.post("/api/v1/probe", data={"model": "toy-rn", "layer": "layer9", "dataset": "synthetic-world",
+    assert live_web.post("/api/v1/probe", data={"model": "nope", "dataset": "synthetic-world", "position": "1"}).status_code == 404
+    assert live_web.post("/api/v1/probe", data={"model": "toy-rn", "layer": "layer9", "dataset": "synthetic-world",
                                                   "position": "1"}).status_code == 404
 
 
-def test_live_endpoints_are_rate_limited(sqlite_store: Store) -> None:
-    settings = sqlite_store.settings(live_rate_limit="3/minute")
+def test_live_endpoints_are_rate_limited(live_store: Store) -> None:
+    settings = live_store.settings(live_rate_limit="3/minute")
     with TestClient(create_app(settings)) as client:
         form = {"model": "toy-rn", "dataset": "synthetic-world", "position": "1", "top_k": "2"}
         statuses = [client.post("/api/v1/probe", data=form).status_code for _ in range(3)]
@@ -136,8 +152,8 @@ def test_model_service_queue_is_bounded_and_batches() -> None:
         service.close()
 
 
-def test_busy_model_service_answers_503_with_retry_after(sqlite_store: Store) -> None:
-    app = create_app(sqlite_store.settings())
+def test_busy_model_service_answers_503_with_retry_after(live_store: Store) -> None:
+    app = create_app(live_store.settings())
 
     def busy(*_args, **_kwargs):
         raise ServiceBusy(9)
@@ -148,29 +164,58 @@ def test_busy_model_service_answers_503_with_retry_after(sqlite_store: Store) ->
         assert r.status_code == 503 and r.headers["retry-after"] == "9" and r.json()["reason"] == "busy"
 
 
-def test_concurrent_probes_share_forward_passes(sqlite_store: Store) -> None:
-    with TestClient(create_app(sqlite_store.settings())) as client:
-        form = {"model": "toy-rn", "dataset": "synthetic-world", "top_k": "3"}
-        client.post("/api/v1/probe", data={**form, "position": "0"})  # load the model first
+def test_concurrent_probes_share_forward_passes(live_store: Store) -> None:
+    form = {"model": "toy-rn", "dataset": "synthetic-world", "top_k": "3"}
+    positions = range(8)
+    with TestClient(create_app(live_store.settings())) as client:
+        # One at a time first: each request is a batch of its own, the answer to compare with.
+        alone = {p: client.post("/api/v1/probe", data={**form, "position": str(p)}).json() for p in positions}
         service = client.app.state.model_service
+        # Hold the worker: a request for the other toy model whose loading waits on a gate, so
+        # the eight probes sent meanwhile all wait in the queue when the worker comes back.
+        gate, loading = threading.Event(), threading.Event()
+        load = service._load
+
+        def held_load(model_id: str):
+            if model_id == "toy-vit":
+                loading.set()
+                gate.wait(30)
+            return load(model_id)
+
+        service._load = held_load
         before = service.batches_run
-        results: list[int] = []
+        image = Image.new("RGB", (64, 64), (200, 40, 40))
+        held = service.submit("probe", "toy-vit", live_store.populated.models["toy-vit"]["layer"], image, top_k=1)
+        assert loading.wait(10)
+        together: dict[int, object] = {}
 
         def one(position: int) -> None:
-            results.append(client.post("/api/v1/probe", data={**form, "position": str(position)}).status_code)
+            together[position] = client.post("/api/v1/probe", data={**form, "position": str(position)})
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        threads = [threading.Thread(target=one, args=(p,)) for p in positions]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 30
+        while service._queue.qsize() < len(positions) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert service._queue.qsize() == len(positions)
+        gate.set()
         for t in threads:
-            t.join()
-        assert results == [200] * 8
-        assert service.batches_run - before <= 8  # never more passes than requests; usually fewer
+            t.join(60)
+        held.result(30)
+        assert [together[p].status_code for p in positions] == [200] * 8
+        # The held request was one batch; the eight that queued behind it ran as one more.
+        assert service.batches_run - before == 2
+        for p in positions:
+            got, expected = together[p].json(), alone[p]
+            assert [u["index"] for u in got["units"]] == [u["index"] for u in expected["units"]], p
+            assert [u["activation"] for u in got["units"]] == pytest.approx([u["activation"] for u in expected["units"]], abs=1e-4)
+            assert np.allclose([u["map"] for u in got["units"]], [u["map"] for u in expected["units"]], atol=1e-4)
 
 
 # -- text-prompt search on a model with a tokenizer ------------------------------------------------
 @pytest.fixture(scope="module")
-def text_model(sqlite_store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def text_model(live_store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A toy-rn checkpoint that carries a vocabulary (random weights), registered as `toy-text`,
     with directions stored for ten units of its final layer."""
     import open_clip
@@ -186,10 +231,10 @@ def text_model(sqlite_store: Store, tmp_path_factory: pytest.TempPathFactory) ->
     torch.manual_seed(1)
     write_checkpoint(open_clip.create_model("toy-rn", pretrained=None), path, {META_VOCAB: json.dumps(caption_vocabulary())})
     loaded = load_model("toy-text", "toy-rn", checkpoint=path)
-    blobs = BlobStore(sqlite_store.blob_url)
+    blobs = BlobStore(live_store.blob_url)
     rng = np.random.default_rng(3)
     directions = rng.normal(size=(10, 128)).astype(np.float32)
-    engine = make_engine(sqlite_store.database_url)
+    engine = make_engine(live_store.database_url)
     with make_sessionmaker(engine)() as session:
         register(session, loaded, "text test model")
         units = session.query(Unit).join(Layer).filter(Layer.model_id == "toy-text", Layer.name == "layer4", Unit.index < 10)
@@ -208,8 +253,8 @@ def text_model(sqlite_store: Store, tmp_path_factory: pytest.TempPathFactory) ->
     yield {"loaded": loaded, "directions": directions}
 
 
-def test_prompt_search_ranks_units_by_direction(sqlite_web: TestClient, text_model: dict) -> None:
-    r = sqlite_web.get("/api/v1/search/prompt", params={"text": "a red circle", "model": "toy-text", "k": 5})
+def test_prompt_search_ranks_units_by_direction(live_web: TestClient, text_model: dict) -> None:
+    r = live_web.get("/api/v1/search/prompt", params={"text": "a red circle", "model": "toy-text", "k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["layers_searched"] == ["layer4"] and body["missing"] == []
@@ -221,21 +266,21 @@ def test_prompt_search_ranks_units_by_direction(sqlite_web: TestClient, text_mod
     expected = np.argsort(-sims)[:5]
     assert [u["index"] for u in body["results"]] == expected.tolist()
     assert [u["similarity"] for u in body["results"]] == pytest.approx(sims[expected].tolist(), abs=1e-4)
-    page = parse(sqlite_web.get("/search", params={"prompt": "a red circle", "model": "toy-text"}).text)
+    page = parse(live_web.get("/search", params={"prompt": "a red circle", "model": "toy-text"}).text)
     cards = page.one("section", id="prompt-results").find_all("a", data_unit=True)
     assert [int(c["data-unit"]) for c in cards][:5] == expected.tolist()
 
 
-def test_prompt_search_says_what_it_cannot_do(sqlite_web: TestClient, text_model: dict) -> None:
-    unknown = sqlite_web.get("/api/v1/search/prompt", params={"text": "a red zeppelin", "model": "toy-text"})
+def test_prompt_search_says_what_it_cannot_do(live_web: TestClient, text_model: dict) -> None:
+    unknown = live_web.get("/api/v1/search/prompt", params={"text": "a red zeppelin", "model": "toy-text"})
     assert unknown.status_code == 422 and unknown.json()["unknown_words"] == ["zeppelin"]
-    page = sqlite_web.get("/search", params={"prompt": "a red zeppelin", "model": "toy-text"})
+    page = live_web.get("/search", params={"prompt": "a red zeppelin", "model": "toy-text"})
     assert page.status_code == 422 and "zeppelin" in page.text
     # No directions stored for this layer: said plainly, without running the model.
-    none = sqlite_web.get("/api/v1/search/prompt", params={"text": "red", "model": "toy-text", "layer": "layer3"}).json()
+    none = live_web.get("/api/v1/search/prompt", params={"text": "red", "model": "toy-text", "layer": "layer3"}).json()
     assert none["results"] == [] and "No unit directions are stored" in none["missing"][0]
     # A model without a vocabulary (random toy weights) cannot read text.
-    no_text = sqlite_web.get("/api/v1/search/prompt", params={"text": "red", "model": "toy-mute"})
+    no_text = live_web.get("/api/v1/search/prompt", params={"text": "red", "model": "toy-mute"})
     assert no_text.status_code == 422 and no_text.json()["reason"] == "no-text-tower"
-    assert sqlite_web.get("/api/v1/search/prompt", params={"text": "red", "model": "nope"}).status_code == 404
-    assert sqlite_web.get("/search", params={"prompt": "red"}).status_code == 422  # a model is needed
+    assert live_web.get("/api/v1/search/prompt", params={"text": "red", "model": "nope"}).status_code == 404
+    assert live_web.get("/search", params={"prompt": "red"}).status_code == 422  # a model is needed

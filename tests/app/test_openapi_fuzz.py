@@ -26,17 +26,19 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.server import create_app
-from tests.app.conftest import Store, build_store
+from tests.app.conftest import BACKENDS, Store, built_store
 
 EXAMPLES = 15  # per operation and mode: about two minutes in all on a laptop
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance]
 
 
-@pytest.fixture(scope="module")
-def fuzz_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    built, _ = build_store("sqlite", tmp_path_factory.mktemp("fuzz"), units=6, images=12)
-    return built
+@pytest.fixture(scope="module", params=BACKENDS)
+def fuzz_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    # Postgres refuses what SQLite takes (NUL bytes in text, integers beyond the column's
+    # range), so the same run goes against both.
+    with built_store(request.param, tmp_path_factory.mktemp(f"fuzz-{request.param}"), units=6, images=12) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +110,47 @@ def test_known_paths_reach_real_data(fuzz_store: Store) -> None:
         probe = client.post("/api/v1/probe", data={"model": "toy-rn", "dataset": "synthetic-world", "position": "1"})
         s.ProbeResult.model_validate(probe.json())
         assert Path(fuzz_store.blob_url).exists()
+
+
+NUL = "a\x00b"  # Postgres text cannot hold it; SQLite's can
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/search?q=a%00b", "/api/v1/search?q=red&model=a%00b", "/api/v1/words?q=a%00b", "/api/v1/models/a%00b",
+    "/api/v1/models/toy-rn/a%00b", "/api/v1/models/toy-rn/a%00b/0", "/api/v1/collections/a%00b", "/api/v1/jobs?model=a%00b",
+    "/api/v1/probe?model=a%00b", "/api/v1/probe?dataset=a%00b", "/search?q=a%00b", "/models/a%00b", "/probe?model=a%00b",
+    "/api/v1/search/prompt?text=red&model=a%00b",
+])
+def test_nul_bytes_in_reads_are_never_a_server_error(fuzz_store: Store, path: str) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(fuzz_store.settings()), raise_server_exceptions=False) as client:
+        r = client.get(path)
+    # SQLite may answer (no results, or "no such model"); Postgres refuses the text. Never a 5xx.
+    assert r.status_code < 500, (r.status_code, r.text[:300])
+    if r.status_code >= 400 and path.startswith("/api/"):
+        assert r.json()["reason"], r.text
+    if fuzz_store.backend == "postgres" and path.startswith("/api/v1/search?q="):
+        assert r.status_code == 422 and r.json()["reason"] == "nul-byte"
+
+
+def test_nul_bytes_in_writes_are_refused(fuzz_store: Store) -> None:
+    from fastapi.testclient import TestClient
+
+    auth = {"Authorization": f"Bearer {fuzz_store.token}"}
+    with TestClient(create_app(fuzz_store.settings()), raise_server_exceptions=False) as client:
+        answers = [
+            client.post("/api/v1/probe", data={"model": NUL, "dataset": "synthetic-world", "position": "1"}),
+            client.post("/api/v1/probe", data={"model": "toy-rn", "dataset": NUL, "position": "1"}),
+            client.post("/api/v1/models/toy-rn/layer4/3/notes", json={"text": NUL}, headers=auth),
+            client.post("/api/v1/collections", json={"id": "nul-test", "title": NUL}, headers=auth),
+            client.post("/api/v1/collections/colour-units/units", json={"model": NUL, "layer": "layer4", "index": 1}, headers=auth),
+            client.post("/api/v1/collections/colour-units/units",
+                        json={"model": "toy-rn", "layer": "layer4", "index": 1, "note": NUL}, headers=auth),
+            client.delete("/api/v1/collections/colour-units/units/a%00b/layer4/1", headers=auth),
+        ]
+    for r in answers:
+        assert 400 <= r.status_code < 500 and r.json()["reason"], (r.request.method, r.request.url, r.status_code, r.text[:300])
+    assert answers[5].json()["reason"] == "bad-note"  # a collection's note is checked like a unit's
+    if fuzz_store.backend == "postgres":
+        assert answers[0].json()["reason"] == "nul-byte"

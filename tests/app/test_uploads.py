@@ -229,8 +229,8 @@ def test_there_are_enough_hostile_files() -> None:
 
 
 @pytest.fixture(scope="module")
-def upload_client(sqlite_store: Store) -> Iterator[TestClient]:
-    settings = sqlite_store.settings(max_upload_bytes=MAX_BYTES)
+def upload_client(live_store: Store) -> Iterator[TestClient]:
+    settings = live_store.settings(max_upload_bytes=MAX_BYTES)
     with TestClient(create_app(settings)) as client:
         yield client
 

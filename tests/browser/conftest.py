@@ -49,16 +49,20 @@ def _microscope(env: dict[str, str], *args: str, timeout: float = 900) -> str:
     return result.stdout
 
 
+def _missing(message: str) -> None:
+    # Under CI a skip would hide a broken pipeline: the browser tests must run there.
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI is set: the browser tests must run there, so this fails instead of skipping)")
+    pytest.skip(message)
+
+
 def _require_browser() -> None:
     try:
         import playwright  # noqa: F401
     except ImportError:
-        pytest.skip("playwright is not installed")
+        _missing("playwright is not installed (pip install playwright)")
     if not Path(CHROMIUM).exists():
-        message = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
 
 
 @pytest.fixture(scope="session")

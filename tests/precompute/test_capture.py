@@ -1,5 +1,6 @@
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,8 +54,17 @@ def test_token_layers_split_into_class_token_and_maps(towers):
     assert cls.shape == (3, 3072) and maps.shape == (3, 3072, 7, 7)
     torch.testing.assert_close(maps[:, :, 0, 1], activation[:, :, 2])
     values, positions = unit_maxima(activation, layer)
-    assert values.shape == (3, 3072)
-    torch.testing.assert_close(values, maps.flatten(2).gather(2, positions.unsqueeze(2)).squeeze(2))
+    assert values.shape == positions.shape == (3, 3072)
+    # The maximum over the 49 patch tokens (the class token, token 0, left out), and where it is.
+    patches = activation[:, :, 1:].numpy()
+    np.testing.assert_array_equal(values.numpy(), patches.max(axis=2))
+    np.testing.assert_array_equal(positions.numpy(), patches.argmax(axis=2))
+    # A hand-made case: unit 0 peaks at patch 5, unit 1 only in the class token (which does not count).
+    tokens = torch.zeros(1, 2, 50)
+    tokens[0, 0, 6] = 2.0
+    tokens[0, 1, 0], tokens[0, 1, 49] = 9.0, 1.0
+    values, positions = unit_maxima(tokens, layer)
+    assert values.tolist() == [[2.0, 1.0]] and positions.tolist() == [[5, 48]]
 
 
 def test_gradient_variant_reaches_the_pixels(towers):

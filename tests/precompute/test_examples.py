@@ -57,10 +57,11 @@ def test_sharded_topk_equals_a_global_sort(seed, images, units, k, shards, batch
     n = min(k, images)
     for unit in range(units):
         column = values[:, unit]
-        # Global order: activation (as float32 bits: -0.0 below 0.0), then position.
-        order_key = K.float_order(torch.from_numpy(column)).numpy()
-        top = np.lexsort((positions, -order_key))[:n]
-        bottom = np.lexsort((positions, order_key))[:n]
+        # Global order: activation, with -0.0 below 0.0 (numpy's sort holds them equal, so the
+        # sign bit decides between them), then dataset position.
+        negative_zero = np.signbit(column) & (column == 0)
+        top = np.lexsort((positions, negative_zero, -column))[:n]
+        bottom = np.lexsort((positions, ~negative_zero, column))[:n]
         for result in (merged, single):
             np.testing.assert_array_equal(result.top_positions[unit], top)
             np.testing.assert_array_equal(result.bottom_positions[unit], bottom)
