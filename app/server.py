@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import svg
+from app.blob_presence import BlobPresence, BlobPresenceScope
 from app.auth import AuthError
 from app.cache import TTLCache
 from app.model_service import LiveError, ModelService, ServiceBusy
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.blobs = BlobStore(settings.blob_url)
+    app.state.blob_presence = BlobPresence(app.state.blobs)
     app.state.templates = _templates()
     app.state.schema_head = migrations.head()
     app.state.vectors = VectorCache(app.state.blobs)
@@ -137,6 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     upload_limit = settings.max_upload_bytes + MULTIPART_SLACK
     app.add_middleware(BodySizeLimit, limit_for=lambda path: upload_limit if path in UPLOAD_PATHS else SMALL_BODY)
+    # Page builders link only blobs the store still has (a placeholder and null otherwise).
+    app.add_middleware(BlobPresenceScope, presence=app.state.blob_presence)
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:

@@ -19,7 +19,8 @@ from urllib.parse import urlencode
 from sqlalchemy.orm import Session
 
 from store import queries
-from store.blobs import BlobStore
+from store.blobs import MissingBlob, blob_name
+from app.blob_presence import is_present
 from app.cache import TTLCache
 from app.svg import normalise_histogram
 from app.vectors import VectorCache
@@ -57,12 +58,15 @@ def url(base: str, path: str, **params: Any) -> str:
 
 
 def blob_url(uri: str | None, base: str) -> str | None:
+    """The served URL of a stored blob name; None when there is none, or when the blob store
+    has lost its bytes (the page shows a placeholder, the JSON says null; see app.blob_presence)."""
     if not uri:
         return None
     try:
-        return f"{base}/blobs/{BlobStore.blob_name(uri)}"
+        name = blob_name(uri)
     except ValueError:
         return None
+    return f"{base}/blobs/{name}" if is_present(name) else None
 
 
 def iso(value: datetime | None) -> str | None:
@@ -367,10 +371,13 @@ def nearest_units(
     index = unit["index"]
     found: list[tuple[int, float]] = []
     basis = None
+    lost = []  # stored inputs whose blob is missing from the blob store
     if unit["direction_uri"]:
         matrix = cache.directions(session, layer_id)
         row = matrix.row_of(index) if matrix else None
-        if matrix is not None and (row is None or matrix.uris[row] != unit["direction_uri"]):
+        if matrix is not None and unit["direction_uri"] in matrix.missing:
+            lost.append("this unit's direction")
+        elif matrix is not None and (row is None or matrix.uris[row] != unit["direction_uri"]):
             cache.invalidate(("directions", layer_id))  # stored after the cache was filled
             matrix = cache.directions(session, layer_id)
             row = matrix.row_of(index) if matrix else None
@@ -378,7 +385,11 @@ def nearest_units(
             basis, found = "direction", matrix.nearest(matrix.vectors[row], k, exclude=index)
     if basis is None:
         for embedding in queries.word_embeddings(session, layer_id=layer_id)[:1]:
-            profiles = cache.unit_word_profiles(embedding["vectors_uri"])
+            try:
+                profiles = cache.unit_word_profiles(embedding["vectors_uri"])
+            except MissingBlob:
+                lost.append("the layer's word embedding")
+                continue
             row = profiles.row_of(index)
             if row is not None:
                 basis, found = "word_embedding", profiles.nearest(profiles.vectors[row], k, exclude=index)
@@ -393,6 +404,8 @@ def nearest_units(
         "decomposition": "cosine similarity of the units' sparse text decompositions",
         None: "nothing to compare with yet: no directions, word embeddings or decompositions are stored for this layer",
     }[basis]
+    if lost:
+        explanation += f" ({' and '.join(lost)} {'is' if len(lost) == 1 else 'are'} stored, but missing from the blob store)"
     neighbours = queries.unit_ids_by_index(session, layer_id, [i for i, _ in found])
     thumbs = queries.thumbnails(session, [neighbours[i]["id"] for i, _ in found if i in neighbours])
     units = []
@@ -463,7 +476,7 @@ def unit_page(
         "conditional-probability samples": parts["buckets"],
         "rastered words": parts["words"],
         "text decomposition": parts["decomposition"],
-        "second-order direction": unit["direction_uri"],
+        "second-order direction": blob_url(unit["direction_uri"], base),  # None when its file is missing too
     }
     units = unit["layer_units"]
     prev_unit = unit_links(base, model_id, layer_name, index - 1) | {"index": index - 1} if index > 0 else None
@@ -581,11 +594,14 @@ def prompt_search(
         layers = [l for l in layers if l["name"] == layer]
     ranked: list[tuple[float, str, int]] = []
     searched = []
+    lost: list[str] = []  # directions stored but missing from the blob store, per layer
     for entry in layers:
         matrix = cache.directions(session, entry["id"])
         if matrix is None:
             continue
-        if matrix.vectors.shape[1] != len(text_vector):
+        if matrix.missing:
+            lost.append(f"{len(matrix.missing)} of layer {entry['name']!r}")
+        if len(matrix.indices) == 0 or matrix.vectors.shape[1] != len(text_vector):
             continue  # directions of another space (e.g. a different head): not comparable
         searched.append(entry["name"])
         ranked.extend((sim, entry["name"], i) for i, sim in matrix.nearest(text_vector, k))
@@ -619,6 +635,9 @@ def prompt_search(
         where = f"layer {layer!r} of {model_id!r}" if layer else f"any layer of {model_id!r}"
         missing.append(f"No unit directions are stored for {where} yet, so there is nothing to compare the prompt with. "
                        "They are written by the decomposition job.")
+    if lost:
+        missing.append(f"Some unit directions are stored but their files are missing from the blob store "
+                       f"({', '.join(lost)}); those units are left out of the ranking.")
     return {"prompt": prompt, "model": model_id, "layer": layer, "layers_searched": searched, "results": results, "missing": missing}
 
 
@@ -693,8 +712,14 @@ def words_page(
     if unknown:
         raise BadQuery("unknown-words", f"not in the word list {chosen['word_list_id']!r}: {', '.join(unknown)}",
                        unknown_words=unknown)
-    matrix = cache.word_embedding(chosen["vectors_uri"])
-    normalised = cache.word_vectors(chosen["vectors_uri"])
+    try:
+        matrix = cache.word_embedding(chosen["vectors_uri"])
+        normalised = cache.word_vectors(chosen["vectors_uri"])
+    except MissingBlob as missing_blob:
+        page["missing"].append(f"The word embedding of {chosen['model_id']} {chosen['layer']} over {chosen['word_list_id']!r} "
+                               f"is stored, but its file ({missing_blob.name}) is missing from the blob store; "
+                               "running the words job again writes it.")
+        return page
     if matrix.shape[0] != len(words):
         raise BadQuery("inconsistent-embedding", "the stored embedding does not match its word list", status=409)
     query = np.zeros(matrix.shape[1], dtype=np.float32)
