@@ -4,11 +4,12 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-01
 
-Blob columns held absolute URIs of the data folder that wrote them
-(`file:///home/.../blobs/3f/ff/3fff<...>.npy`), so a moved, restored or copied store lost
-every image. They now hold the blob's content-addressed name (`3fff<...>.npy`), resolved
-through the configured blob store; `jobs.state_uri` holds the state file's name inside the
-job-state store. The schema does not change, only the values.
+Rows that hold an absolute URI of the data folder that wrote them
+(`file:///home/.../blobs/3f/ff/3fff<...>.npy`) lose their blobs when that folder moves, is
+restored elsewhere or is copied to object storage. This revision rewrites each such value to
+the blob's content-addressed name (`3fff<...>.npy`), which the configured blob store
+resolves, and `jobs.state_uri` to the state file's name inside the job-state store. The
+schema does not change, only the values.
 
 Upgrade keeps the last path segment of every reference that is a URI. Downgrade cannot know
 the folder the rows were written from; it writes the absolute URIs of the blob store that is
