@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import problems
+from app.blob_presence import BlobPresence, BlobPresenceScope
 from app.cache import TTLCache
 from app.model_service import ModelService
 from app.paths import static_dir
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.blobs = BlobStore(settings.blob_url)
+    app.state.blob_presence = BlobPresence(app.state.blobs)
     app.state.templates = templates()
     app.state.schema_head = migrations.head()
     app.state.vectors = VectorCache(app.state.blobs)
@@ -83,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     upload_limit = settings.max_upload_bytes + MULTIPART_SLACK
     app.add_middleware(BodySizeLimit, limit_for=lambda path: upload_limit if path in UPLOAD_PATHS else SMALL_BODY)
+    # Page builders link only blobs the store still has (a placeholder and null otherwise).
+    app.add_middleware(BlobPresenceScope, presence=app.state.blob_presence)
 
     problems.install(app)
     return app

@@ -89,9 +89,10 @@ def histogram_svg(histogram: dict[str, Any], width: int = 560, height: int = 140
     )
 
 
-def strip_svg(buckets: Sequence[dict[str, Any]], cell: int = 44, gap: int = 4) -> Markup:
+def strip_svg(buckets: Sequence[dict[str, Any]], cell: int = 44, gap: int = 4, missing_url: str = "") -> Markup:
     """The conditional-probability strip: one column of sampled images per activation bucket,
-    strongest bucket on the right, each labelled with its activation range."""
+    strongest bucket on the right, each labelled with its activation range. A sample whose
+    image is missing from the blob store (a null URL) shows `missing_url`, a placeholder."""
     if not buckets:
         return Markup("")
     rows = max(len(b["samples"]) for b in buckets) or 1
@@ -105,7 +106,7 @@ def strip_svg(buckets: Sequence[dict[str, Any]], cell: int = 44, gap: int = 4) -
         for j, sample in enumerate(bucket["samples"]):
             y = gap + (rows - 1 - j) * (cell + gap)  # stacked from the bottom up, like a bar
             parts.append(
-                f'<image href="{escape(sample["image_url"] or "")}" x="{x0}" y="{y}" width="{cell}" height="{cell}" '
+                f'<image href="{escape(sample["image_url"] or missing_url)}" x="{x0}" y="{y}" width="{cell}" height="{cell}" '
                 f'preserveAspectRatio="xMidYMid slice"><title>activation {_num(sample["activation"])}</title></image>'
             )
         base = rows * (cell + gap) + gap

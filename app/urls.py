@@ -16,7 +16,8 @@ from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 
-from store.blobs import BlobStore
+from app.blob_presence import is_present
+from store.blobs import blob_name
 
 API_PREFIX = "/api/v1"
 API_DOCS_ASSETS = "/vendor/api-docs"
@@ -153,13 +154,16 @@ class Urls:
         return self.html.path(f"/static/{name}")
 
     def blob(self, uri: str | None) -> str | None:
-        """Where the app serves a stored blob reference, or None when there is none."""
+        """Where the app serves a stored blob name; None when there is none, or when the blob
+        store has lost its bytes (the page shows a placeholder, the JSON says null; see
+        app.blob_presence)."""
         if not uri:
             return None
         try:
-            return f"{self.base}/blobs/{BlobStore.blob_name(uri)}"
+            name = blob_name(uri)
         except ValueError:
             return None
+        return f"{self.base}/blobs/{name}" if is_present(name) else None
 
 
 def request_urls(request: Request) -> Urls:

@@ -5,6 +5,10 @@ A layer's unit directions live in one .npy blob per unit (Unit.direction_uri); r
 thousand blobs per page view would be absurd, so each matrix is assembled once per process
 and reused for `ttl` seconds. Word embeddings are one content-addressed blob per layer, so
 their cache entries never go stale at all. numpy is imported on first use, not at import.
+
+A blob that the database names but the store has lost is an absence, not an error: a layer's
+matrix leaves out the units whose direction file is missing (and lists them in `missing`), and
+a missing word embedding raises `MissingBlob` for the page to say so.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.cache import TTLCache
 from store import queries
-from store.blobs import BlobStore
+from store.blobs import BlobStore, MissingBlob
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,6 +37,7 @@ class UnitMatrix:
     indices: Any  # np.ndarray[int]: unit index of each row
     vectors: Any  # np.ndarray[float32] (rows, dim), unit length (zero rows stay zero)
     uris: tuple[str, ...] = ()
+    missing: frozenset[str] = frozenset()  # stored references whose blob is missing from the store
 
     def row_of(self, index: int) -> int | None:
         import numpy as np
@@ -95,19 +100,28 @@ class VectorCache:
             rows = queries.layer_directions(session, layer_id)
             if not rows:
                 return None
-            vectors = [np.asarray(load_npy(self.blobs, uri), dtype=np.float32).reshape(-1) for _, _, uri in rows]
-            dims = {v.shape[0] for v in vectors}
+            found, missing = [], set()
+            for _, index, uri in rows:
+                try:
+                    found.append((index, uri, np.asarray(load_npy(self.blobs, uri), dtype=np.float32).reshape(-1)))
+                except MissingBlob:
+                    missing.add(uri)
+            if not found:
+                return UnitMatrix(np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), (), frozenset(missing))
+            dims = {v.shape[0] for *_, v in found}
             if len(dims) != 1:
                 raise ValueError(f"directions of layer {layer_id} have different lengths: {sorted(dims)}")
             return UnitMatrix(
-                np.array([index for _, index, _ in rows]), normalise_rows(np.stack(vectors)), tuple(uri for *_, uri in rows)
+                np.array([index for index, _, _ in found]), normalise_rows(np.stack([v for *_, v in found])),
+                tuple(uri for _, uri, _ in found), frozenset(missing),
             )
 
         return self._get(("directions", layer_id), load, True)
 
     # -- word embeddings: (words x units) centred activations of rastered words -----------------
     def word_embedding(self, vectors_uri: str) -> "np.ndarray":
-        """The raw (words x units) matrix; content-addressed, so cached without expiry."""
+        """The raw (words x units) matrix; content-addressed, so cached without expiry.
+        `MissingBlob` if the store has lost it (nothing is cached then, so a restored file counts)."""
         return self._get(("words", vectors_uri), lambda: load_npy(self.blobs, vectors_uri).astype("float32"), False)
 
     def word_vectors(self, vectors_uri: str) -> "np.ndarray":

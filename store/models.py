@@ -4,6 +4,10 @@ The schema itself only changes through Alembic migrations (alembic/versions/); t
 are what the code reads and writes, and what `alembic revision --autogenerate` compares
 against. Every type is portable (JSON, not JSONB; strings checked by CHECK constraints, not
 native enums) so that one code path serves SQLite on a laptop and Postgres in deployment.
+
+Blob columns (`*_uri`) hold a blob's content-addressed name (`<sha256>.<ext>`, see store.blobs)
+and `jobs.state_uri` a file name in the job-state store, never a location: the configured
+stores resolve them, so the data can move without the rows changing.
 """
 
 from __future__ import annotations
@@ -148,7 +152,7 @@ class Unit(Base):
     histogram: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The unit's second-order direction in the joint embedding space (a float32 .npy blob),
     # kept for live use: decompositions against new text, probes.
-    direction_uri: Mapped[str | None] = mapped_column(Text)
+    direction_uri: Mapped[str | None] = mapped_column(Text)  # a blob name
 
 
 class Dataset(Base):
@@ -171,7 +175,7 @@ class StoredImage(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    blob_uri: Mapped[str] = mapped_column(Text)
+    blob_uri: Mapped[str] = mapped_column(Text)  # a blob name
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
 
@@ -221,7 +225,7 @@ class Job(Base):
     # Resumption: how many items of the shard are durably accounted for, and the blob holding
     # the job's accumulator state (top-k heaps, running statistics) at that cursor.
     cursor: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    state_uri: Mapped[str | None] = mapped_column(Text)
+    state_uri: Mapped[str | None] = mapped_column(Text)  # a file name inside the job-state store
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -250,7 +254,7 @@ class DatasetExample(Base):
     activation: Mapped[float] = mapped_column(Float)
     # Flat index of the spatial argmax in the layer's (h, w) grid; NULL for pooled layers.
     position: Mapped[int | None] = mapped_column(Integer)
-    crop_uri: Mapped[str | None] = mapped_column(Text)  # the input region around the maximum
+    crop_uri: Mapped[str | None] = mapped_column(Text)  # blob name of the input region around the maximum
 
 
 class BucketSample(Base):
@@ -308,7 +312,7 @@ class WordEmbedding(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id", ondelete="CASCADE"))
     word_list_id: Mapped[str] = mapped_column(ForeignKey("word_lists.id", ondelete="CASCADE"))
-    vectors_uri: Mapped[str] = mapped_column(Text)
+    vectors_uri: Mapped[str] = mapped_column(Text)  # blob names
     mean_uri: Mapped[str] = mapped_column(Text)
 
 
@@ -322,7 +326,7 @@ class FeatureViz(Base):
     unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(32))  # "channel" | "neuron" | "diversity" | "facet"
     variant: Mapped[str] = mapped_column(String(64), default="")  # diversity index or facet name
-    blob_uri: Mapped[str] = mapped_column(Text)
+    blob_uri: Mapped[str] = mapped_column(Text)  # a blob name
     final_activation: Mapped[float | None] = mapped_column(Float)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

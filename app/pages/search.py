@@ -72,11 +72,14 @@ def prompt_page(
         layers = [l for l in layers if l["name"] == layer]
     ranked: list[tuple[float, str, int]] = []
     searched = []
+    lost: list[str] = []  # directions stored but missing from the blob store, per layer
     for entry in layers:
         matrix = cache.directions(session, entry["id"])
         if matrix is None:
             continue
-        if matrix.vectors.shape[1] != len(text_vector):
+        if matrix.missing:
+            lost.append(f"{len(matrix.missing)} of layer {entry['name']!r}")
+        if len(matrix.indices) == 0 or matrix.vectors.shape[1] != len(text_vector):
             continue  # directions of another space (e.g. a different head): not comparable
         searched.append(entry["name"])
         ranked.extend((sim, entry["name"], i) for i, sim in matrix.nearest(text_vector, k))
@@ -110,4 +113,7 @@ def prompt_page(
         where = f"layer {layer!r} of {model_id!r}" if layer else f"any layer of {model_id!r}"
         missing.append(f"No unit directions are stored for {where} yet, so there is nothing to compare the prompt with. "
                        "They are written by the decomposition job.")
+    if lost:
+        missing.append(f"Some unit directions are stored but their files are missing from the blob store "
+                       f"({', '.join(lost)}); those units are left out of the ranking.")
     return {"prompt": prompt, "model": model_id, "layer": layer, "layers_searched": searched, "results": results, "missing": missing}

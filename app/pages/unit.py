@@ -14,6 +14,7 @@ from app.urls import Urls
 from app.vectors import VectorCache
 from precompute.errors import Problem
 from store import queries
+from store.blobs import MissingBlob
 
 NEAREST_UNITS = 12
 
@@ -92,10 +93,13 @@ def nearest_units(
     index = unit["index"]
     found: list[tuple[int, float]] = []
     basis = None
+    lost = []  # stored inputs whose blob is missing from the blob store
     if unit["direction_uri"]:
         matrix = cache.directions(session, layer_id)
         row = matrix.row_of(index) if matrix else None
-        if matrix is not None and (row is None or matrix.uris[row] != unit["direction_uri"]):
+        if matrix is not None and unit["direction_uri"] in matrix.missing:
+            lost.append("this unit's direction")
+        elif matrix is not None and (row is None or matrix.uris[row] != unit["direction_uri"]):
             cache.invalidate(("directions", layer_id))  # stored after the cache was filled
             matrix = cache.directions(session, layer_id)
             row = matrix.row_of(index) if matrix else None
@@ -103,7 +107,11 @@ def nearest_units(
             basis, found = "direction", matrix.nearest(matrix.vectors[row], k, exclude=index)
     if basis is None:
         for embedding in queries.word_embeddings(session, layer_id=layer_id)[:1]:
-            profiles = cache.unit_word_profiles(embedding["vectors_uri"])
+            try:
+                profiles = cache.unit_word_profiles(embedding["vectors_uri"])
+            except MissingBlob:
+                lost.append("the layer's word embedding")
+                continue
             row = profiles.row_of(index)
             if row is not None:
                 basis, found = "word_embedding", profiles.nearest(profiles.vectors[row], k, exclude=index)
@@ -126,7 +134,10 @@ def nearest_units(
                 **urls.unit_links(model_id, layer_name, i),
             }
         )
-    return {"basis": basis, "explanation": BASIS_EXPLANATIONS[basis], "units": units}
+    explanation = BASIS_EXPLANATIONS[basis]
+    if lost:
+        explanation += f" ({' and '.join(lost)} {'is' if len(lost) == 1 else 'are'} stored, but missing from the blob store)"
+    return {"basis": basis, "explanation": explanation, "units": units}
 
 
 def _unit_results(
@@ -189,7 +200,7 @@ def unit_page(
         "conditional-probability samples": parts["buckets"],
         "rastered words": parts["words"],
         "text decomposition": parts["decomposition"],
-        "second-order direction": unit["direction_uri"],
+        "second-order direction": urls.blob(unit["direction_uri"]),  # None when its file is missing too
     }
     units = unit["layer_units"]
     return {

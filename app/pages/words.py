@@ -10,6 +10,7 @@ from app.urls import Urls
 from app.vectors import VectorCache
 from precompute.errors import Problem
 from store import queries
+from store.blobs import MissingBlob
 
 MAX_EXPRESSION = 200
 DEFAULT_K = 20
@@ -90,8 +91,14 @@ def words_page(
     if unknown:
         raise Problem(422, "unknown-words", f"not in the word list {chosen['word_list_id']!r}: {', '.join(unknown)}",
                       unknown_words=unknown)
-    matrix = cache.word_embedding(chosen["vectors_uri"])
-    normalised = cache.word_vectors(chosen["vectors_uri"])
+    try:
+        matrix = cache.word_embedding(chosen["vectors_uri"])
+        normalised = cache.word_vectors(chosen["vectors_uri"])
+    except MissingBlob as missing_blob:
+        page["missing"].append(f"The word embedding of {chosen['model_id']} {chosen['layer']} over {chosen['word_list_id']!r} "
+                               f"is stored, but its file ({missing_blob.name}) is missing from the blob store; "
+                               "running the words job again writes it.")
+        return page
     if matrix.shape[0] != len(words):
         raise Problem(409, "inconsistent-embedding", "the stored embedding does not match its word list")
     query = np.zeros(matrix.shape[1], dtype=np.float32)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import mimetypes
+import os
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fsspec.implementations.local import LocalFileSystem
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from alembic.runtime.migration import MigrationContext
 from app.routes.schemas import Health
-from store.blobs import BLOB_NAME, BlobStore
+from precompute.errors import Problem
+from store.blobs import BLOB_NAME, BlobStore, MissingBlob
 from app.dependencies import get_session
 
 router = APIRouter(tags=["system"])
@@ -46,13 +47,18 @@ def healthz(request: Request, session: Session = Depends(get_session)) -> JSONRe
 @router.get("/blobs/{name}", include_in_schema=False)
 def blob(name: str, request: Request) -> Response:
     if not BLOB_NAME.match(name):
-        raise HTTPException(404, "not a blob name")
+        raise Problem(404, "not-a-blob-name", f"{name!r} is not a blob name (the sha256 of the bytes, then a suffix).")
     store: BlobStore = request.app.state.blobs
     media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     headers = {"Cache-Control": IMMUTABLE, "ETag": f'"{name.split(".", 1)[0]}"'}
-    path = store.path_for(name)
-    if not store.fs.exists(path):
-        raise HTTPException(404, "no such blob")
-    if isinstance(store.fs, LocalFileSystem):
+    missing = Problem(404, "missing-blob", f"The blob store has no blob {name}: it was deleted, or never copied to where the store is now.")
+    if store.is_local:
+        path = store.path_for(name)
+        if not os.path.isfile(path):
+            raise missing
         return FileResponse(path, media_type=media_type, headers=headers)
-    return Response(store.fs.cat_file(path), media_type=media_type, headers=headers)
+    try:
+        body = store.get(name)
+    except MissingBlob:
+        raise missing from None
+    return Response(body, media_type=media_type, headers=headers)

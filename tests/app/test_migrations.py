@@ -108,3 +108,130 @@ def test_programmatic_migrations_from_any_cwd(tmp_path: Path, monkeypatch: pytes
     url = f"sqlite:///{tmp_path / 'nested' / 'x.db'}"
     migrations.upgrade(url)
     assert migrations.current(url) == migrations.head()
+
+
+# -- 0003: blob and job-state references become names relative to their stores ----------------
+IMAGE = "ab" * 32 + ".png"
+CROP = "cd" * 32 + ".png"
+VIZ = "ef" * 32 + ".png"
+VECTORS = "01" * 32 + ".npy"
+MEAN = "23" * 32 + ".npy"
+DIRECTION = "45" * 32 + ".npy"
+STATE = "examples-1-0000000100.npz"
+NOT_OURS = "file:///srv/pictures/holiday.png"  # not content-addressed: no store wrote it
+
+
+def _fanned(root: str, name: str) -> str:
+    return f"{root}/{name[:2]}/{name[2:4]}/{name}"
+
+
+def _write_rows_at_0002(url: str) -> None:
+    """Rows as the store wrote them before 0003: absolute URIs of the folder that wrote them
+    (and one object-storage URI, and one value that is no blob of ours)."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import MetaData
+
+    old = "file:///home/someone/old-data/blobs"
+    now = datetime.now(timezone.utc)
+    engine = make_engine(url, poolclass=pool.NullPool)
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        t = tables.tables
+        with engine.begin() as conn:
+            conn.execute(t["models"].insert(), [{"id": "m", "arch": "RN50", "source": "random", "image_size": 64,
+                                                 "preprocess": {}, "description": "", "created_at": now}])
+            conn.execute(t["layers"].insert(), [{"id": 1, "model_id": "m", "name": "layer4", "kind": "resnet_stage",
+                                                 "units": 2, "has_class_token": False, "position": 0}])
+            conn.execute(t["units"].insert(), [{"id": 1, "layer_id": 1, "index": 0, "direction_uri": _fanned(old, DIRECTION)},
+                                                {"id": 2, "layer_id": 1, "index": 1, "direction_uri": None}])
+            conn.execute(t["datasets"].insert(), [{"id": "d", "source_uri": "/data/pictures", "kind": "folder",
+                                                   "image_count": 2, "created_at": now}])
+            conn.execute(t["images"].insert(), [{"id": 1, "sha256": "ab" * 32, "blob_uri": _fanned(old, IMAGE), "width": 8, "height": 8},
+                                                 {"id": 2, "sha256": "99" * 32, "blob_uri": NOT_OURS, "width": 8, "height": 8}])
+            conn.execute(t["dataset_examples"].insert(), [
+                {"id": 1, "unit_id": 1, "dataset_id": "d", "sign": "top", "rank": 0, "image_id": 1, "activation": 1.0,
+                 "position": 3, "crop_uri": _fanned(old, CROP)},
+                {"id": 2, "unit_id": 1, "dataset_id": "d", "sign": "top", "rank": 1, "image_id": 2, "activation": 0.5,
+                 "position": None, "crop_uri": None},
+            ])
+            conn.execute(t["featureviz"].insert(), [{"id": 1, "unit_id": 1, "kind": "channel", "variant": "",
+                                                     "blob_uri": _fanned("s3://lab-bucket/microscope/blobs", VIZ),
+                                                     "parameters": {}, "created_at": now}])
+            conn.execute(t["word_lists"].insert(), [{"id": "w", "source": "test", "words": ["red"], "font": "f",
+                                                     "image_size": 64, "created_at": now}])
+            conn.execute(t["word_embeddings"].insert(), [{"id": 1, "layer_id": 1, "word_list_id": "w",
+                                                          "vectors_uri": _fanned(old, VECTORS), "mean_uri": _fanned(old, MEAN)}])
+            job = {"kind": "examples", "model_id": "m", "layer": "layer4", "dataset_id": "d", "shard_count": 1, "state": "running",
+                   "progress": 0.5, "done_items": 100, "total_items": 200, "cursor": 100, "created_at": now, "updated_at": now}
+            conn.execute(t["jobs"].insert(), [{**job, "id": 1, "shard": 0, "state_uri": f"{old}/job-state/{STATE}"},
+                                               {**job, "id": 2, "shard": 1, "state_uri": None}])
+    finally:
+        engine.dispose()
+
+
+def _references(url: str) -> dict[str, object]:
+    engine = make_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            one = lambda sql: conn.exec_driver_sql(sql).all()  # noqa: E731
+            return {
+                "images": one("SELECT blob_uri FROM images ORDER BY id"),
+                "crops": one("SELECT crop_uri FROM dataset_examples ORDER BY id"),
+                "featureviz": one("SELECT blob_uri FROM featureviz"),
+                "word_embeddings": one("SELECT vectors_uri, mean_uri FROM word_embeddings"),
+                "directions": one("SELECT direction_uri FROM units ORDER BY id"),
+                "states": one("SELECT state_uri FROM jobs ORDER BY id"),
+            }
+    finally:
+        engine.dispose()
+
+
+def _as_names() -> dict[str, object]:
+    return {
+        "images": [(IMAGE,), (NOT_OURS,)],
+        "crops": [(CROP,), (None,)],
+        "featureviz": [(VIZ,)],
+        "word_embeddings": [(VECTORS, MEAN)],
+        "directions": [(DIRECTION,), (None,)],
+        "states": [(STATE,), (None,)],
+    }
+
+
+def _as_uris(blobs: str) -> dict[str, object]:
+    return {
+        "images": [(_fanned(blobs, IMAGE),), (NOT_OURS,)],
+        "crops": [(_fanned(blobs, CROP),), (None,)],
+        "featureviz": [(_fanned(blobs, VIZ),)],
+        "word_embeddings": [(_fanned(blobs, VECTORS), _fanned(blobs, MEAN))],
+        "directions": [(_fanned(blobs, DIRECTION),), (None,)],
+        "states": [(f"{blobs}/job-state/{STATE}",), (None,)],
+    }
+
+
+def test_0003_rewrites_blob_uris_to_names_and_back(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alembic import command
+
+    migrations.upgrade(database_url, "0002")
+    _write_rows_at_0002(database_url)
+
+    migrations.upgrade(database_url)
+    assert _references(database_url) == _as_names()
+    migrations.upgrade(database_url)  # at head already: nothing runs, nothing changes
+    assert _references(database_url) == _as_names()
+
+    # Down: the absolute URIs of the blob store configured now, where older code looks.
+    config = migrations.alembic_config(database_url)
+    config.attributes["blob_url"] = str(tmp_path / "restored" / "blobs")
+    command.downgrade(config, "0002")
+    assert migrations.current(database_url) == "0002"
+    assert _references(database_url) == _as_uris(f"file://{tmp_path}/restored/blobs")
+
+    # Up again from those, then down with the blob URL from the settings (the environment).
+    migrations.upgrade(database_url)
+    assert _references(database_url) == _as_names()
+    monkeypatch.delenv("MICROSCOPE_SETTINGS_FILE", raising=False)
+    monkeypatch.setenv("MICROSCOPE_BLOB_URL", str(tmp_path / "from-env"))
+    migrations.downgrade(database_url, "0002")
+    assert _references(database_url) == _as_uris(f"file://{tmp_path}/from-env")
