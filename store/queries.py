@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import and_, bindparam, case, func, literal, select
+from sqlalchemy import and_, bindparam, case, func, literal, literal_column, select, union_all
 from sqlalchemy.orm import Session
 
 from store.models import (
@@ -219,7 +219,7 @@ def unit_ids_by_index(session: Session, layer_id: int, indices: Iterable[int]) -
     return {row["index"]: row for row in _rows(session, stmt)}
 
 
-def thumbnails(session: Session, unit_ids: Sequence[int]) -> dict[int, str]:
+def main_featureviz(session: Session, unit_ids: Sequence[int]) -> dict[int, str]:
     """Each unit's main feature visualization blob (channel preferred over neuron)."""
     if not unit_ids:
         return {}
@@ -234,19 +234,49 @@ def thumbnails(session: Session, unit_ids: Sequence[int]) -> dict[int, str]:
     return out
 
 
-def example_thumbnails(session: Session, unit_ids: Sequence[int]) -> dict[int, str]:
-    """Each unit's strongest dataset example (its crop if stored), the grid's fallback thumbnail."""
-    if not unit_ids:
+class Thumbnail(NamedTuple):
+    """The picture that stands for a unit wherever it is listed, and what it shows."""
+
+    blob_uri: str
+    kind: Literal["featureviz", "example"]
+
+
+# Candidates for a unit's thumbnail, best first: the channel visualization, the neuron one,
+# then the strongest dataset example of each dataset (its crop around the maximum if stored).
+_THUMBNAIL_CHANNEL, _THUMBNAIL_NEURON, _THUMBNAIL_EXAMPLE = 0, 1, 2
+
+
+def unit_thumbnails(session: Session, unit_ids: Iterable[int]) -> dict[int, Thumbnail]:
+    """Each unit's thumbnail: its main feature visualization, else its strongest dataset
+    example. One statement for any number of units; units with neither are left out."""
+    ids = sorted(set(unit_ids))
+    if not ids:
         return {}
-    stmt = (
-        select(DatasetExample.unit_id, DatasetExample.crop_uri, StoredImage.blob_uri)
+    featureviz = select(
+        FeatureViz.unit_id,
+        FeatureViz.blob_uri,
+        case((FeatureViz.kind == "channel", literal_column(str(_THUMBNAIL_CHANNEL))),
+             else_=literal_column(str(_THUMBNAIL_NEURON))).label("preference"),
+        literal_column("''").label("dataset_id"),
+    ).where(FeatureViz.unit_id.in_(ids), FeatureViz.kind.in_(MAIN_FEATUREVIZ_KINDS), FeatureViz.variant == "")
+    examples = (
+        select(
+            DatasetExample.unit_id,
+            func.coalesce(DatasetExample.crop_uri, StoredImage.blob_uri),
+            literal_column(str(_THUMBNAIL_EXAMPLE)),
+            DatasetExample.dataset_id,
+        )
         .join(StoredImage, StoredImage.id == DatasetExample.image_id)
-        .where(DatasetExample.unit_id.in_(unit_ids), DatasetExample.sign == "top", DatasetExample.rank == 0)
-        .order_by(DatasetExample.unit_id, DatasetExample.dataset_id)
+        .where(DatasetExample.unit_id.in_(ids), DatasetExample.sign == "top", DatasetExample.rank == 0)
     )
-    out: dict[int, str] = {}
-    for unit_id, crop, image in session.execute(stmt).all():
-        out.setdefault(unit_id, crop or image)
+    candidates = union_all(featureviz, examples).subquery()
+    stmt = select(candidates.c.unit_id, candidates.c.blob_uri, candidates.c.preference).order_by(
+        candidates.c.unit_id, candidates.c.preference, candidates.c.dataset_id
+    )
+    out: dict[int, Thumbnail] = {}
+    for unit_id, uri, preference in session.execute(stmt).all():
+        if unit_id not in out and uri:
+            out[unit_id] = Thumbnail(uri, "example" if preference == _THUMBNAIL_EXAMPLE else "featureviz")
     return out
 
 

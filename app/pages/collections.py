@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.pages.common import DEFAULT_PER_PAGE, iso, offset, pagination
+from app.pages.common import DEFAULT_PER_PAGE, NO_THUMBNAIL, iso, offset, pagination, unit_thumbnails
 from app.urls import Urls
 from precompute.errors import Problem
 from store import queries
@@ -42,7 +42,7 @@ def collection_detail(
         raise Problem(404, "unknown-collection", f"No collection named {collection_id!r}.")
     total = queries.count_collection_units(session, collection_id)
     members = queries.collection_units(session, collection_id, offset(page, per_page), per_page)
-    thumbs = queries.thumbnails(session, [m["unit_id"] for m in members])
+    thumbs = unit_thumbnails(session, urls, [m["unit_id"] for m in members])
     words = queries.top_words(session, [m["unit_id"] for m in members])
     return {
         "id": row["id"],
@@ -59,7 +59,7 @@ def collection_detail(
                 "label": m["label"],
                 "note": m["note"],
                 "top_words": words.get(m["unit_id"], []),
-                "thumbnail_url": urls.blob(thumbs.get(m["unit_id"])),
+                **thumbs.get(m["unit_id"], NO_THUMBNAIL),
                 **urls.unit_links(m["model_id"], m["layer"], m["index"]),
             }
             for m in members

@@ -1,9 +1,10 @@
-"""What several pages share: paging, statistics, timestamps, and finding the thing a URL names."""
+"""What several pages share: paging, statistics, timestamps, unit thumbnails, and finding the
+thing a URL names."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +72,22 @@ def cell(position: int | None, spatial: list[int] | None) -> dict[str, Any] | No
         return None
     row, col = divmod(position, w)
     return {"row": row, "col": col, "x": col / w * 100, "y": row / h * 100, "w": 100 / w, "h": 100 / h}
+
+
+# What a listed unit shows when it has neither a feature visualization nor a dataset example.
+NO_THUMBNAIL: dict[str, str | None] = {"thumbnail_url": None, "thumbnail_kind": None}
+
+
+def unit_thumbnails(session: Session, urls: Urls, unit_ids: Iterable[int]) -> dict[int, dict[str, str | None]]:
+    """The picture of each unit wherever a page lists it (the layer grid, nearest units,
+    search, collections, the probe), as the `thumbnail_url` and `thumbnail_kind` of its entry.
+    Units without a picture are absent: look them up with `.get(unit_id, NO_THUMBNAIL)`."""
+    out: dict[int, dict[str, str | None]] = {}
+    for unit_id, thumbnail in queries.unit_thumbnails(session, unit_ids).items():
+        url = urls.blob(thumbnail.blob_uri)
+        if url is not None:
+            out[unit_id] = {"thumbnail_url": url, "thumbnail_kind": thumbnail.kind}
+    return out
 
 
 # -- the things URLs name ------------------------------------------------------------------------

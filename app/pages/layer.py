@@ -8,21 +8,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.pages.common import (
-    DEFAULT_PER_PAGE, cell, offset, pagination, require_layer, require_model, spatial_of, stats,
+    DEFAULT_PER_PAGE, NO_THUMBNAIL, cell, offset, pagination, require_layer, require_model, spatial_of, stats,
+    unit_thumbnails,
 )
 from app.pages.models import layer_entry
 from app.urls import Urls
 from precompute.errors import Problem
 from store import queries
-
-
-def _thumbnail(unit_id: int, featureviz: dict[int, str], examples: dict[int, str]) -> tuple[str | None, str | None]:
-    """A unit's thumbnail: its feature visualization, else its strongest dataset example."""
-    if unit_id in featureviz:
-        return featureviz[unit_id], "featureviz"
-    if unit_id in examples:
-        return examples[unit_id], "example"
-    return None, None
 
 
 def _missing(computed: dict[str, int]) -> list[str]:
@@ -46,12 +38,10 @@ def layer_page(
     total = queries.count_layer_units(session, layer["id"])
     rows = queries.units_page(session, layer["id"], sort, offset(page, per_page), per_page)
     ids = [row["id"] for row in rows]
-    featureviz = queries.thumbnails(session, ids)
-    fallback = queries.example_thumbnails(session, [i for i in ids if i not in featureviz])
+    thumbs = unit_thumbnails(session, urls, ids)
     words = queries.top_words(session, ids)
     units = []
     for row in rows:
-        thumb, thumb_kind = _thumbnail(row["id"], featureviz, fallback)
         units.append(
             {
                 "index": row["index"],
@@ -60,8 +50,7 @@ def layer_page(
                 "max": row["max"],
                 "mean": row["mean"],
                 "fraction_active": row["fraction_active"],
-                "thumbnail_url": urls.blob(thumb),
-                "thumbnail_kind": thumb_kind,
+                **thumbs.get(row["id"], NO_THUMBNAIL),
                 **urls.unit_links(model_id, layer_name, row["index"]),
             }
         )
@@ -93,7 +82,7 @@ def export_layer(session: Session, model_id: str, layer_name: str, urls: Urls, c
         rows = queries.units_page(session, layer["id"], "index", start, chunk)
         ids = [row["id"] for row in rows]
         extra = queries.export_details(session, ids)
-        thumbs = queries.thumbnails(session, ids)
+        featureviz = queries.main_featureviz(session, ids)
         for row in rows:
             detail = extra.get(row["id"], {})
             yield {
@@ -102,7 +91,7 @@ def export_layer(session: Session, model_id: str, layer_name: str, urls: Urls, c
                 "index": row["index"],
                 "label": row["label"],
                 "stats": stats(row),
-                "featureviz_url": urls.blob(thumbs.get(row["id"])),
+                "featureviz_url": urls.blob(featureviz.get(row["id"])),
                 "words": [{"word": w, "activation": a} for w, a in detail.get("words", [])],
                 "examples": [
                     {"sign": s, "rank": r, "activation": a, "image_url": urls.blob(u), "cell": cell(p, spatial)}

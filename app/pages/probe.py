@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.pages.common import cell, offset, pagination, require_layer
+from app.pages.common import NO_THUMBNAIL, cell, offset, pagination, require_layer, unit_thumbnails
 from app.urls import Urls
 from precompute.errors import Problem
 from store import queries
@@ -72,7 +72,7 @@ def probe_result(
     spatial = live.get("spatial")
     units = queries.unit_ids_by_index(session, layer["id"], [u["unit"] for u in live["units"]])
     maxima = {row["id"]: row for row in queries.units_by_ids(session, [u["id"] for u in units.values()]).values()}
-    thumbs = queries.thumbnails(session, [u["id"] for u in units.values()])
+    thumbs = unit_thumbnails(session, urls, [u["id"] for u in units.values()])
     results = []
     for entry in live["units"]:
         row = units.get(entry["unit"])
@@ -88,7 +88,7 @@ def probe_result(
                 "map": entry.get("map"),
                 "map_max": max((max(r) for r in entry["map"]), default=0.0) if entry.get("map") else None,
                 "label": row["label"] if row else None,
-                "thumbnail_url": urls.blob(thumbs.get(row["id"]) if row else None),
+                **(thumbs.get(row["id"], NO_THUMBNAIL) if row else NO_THUMBNAIL),
                 **urls.unit_links(model_id, layer_name, entry["unit"]),
             }
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.pages.common import DEFAULT_PER_PAGE, offset, pagination
+from app.pages.common import DEFAULT_PER_PAGE, NO_THUMBNAIL, offset, pagination, unit_thumbnails
 from app.urls import Urls
 from app.vectors import VectorCache
 from precompute.errors import Problem
@@ -31,7 +31,7 @@ def search_page(
         found = queries.search_units(session, q, model_id=model_id, layer=layer)
         total = len(found)
         chunk = found[offset(page, per_page): offset(page, per_page) + per_page]
-        thumbs = queries.thumbnails(session, [row["id"] for row in chunk])
+        thumbs = unit_thumbnails(session, urls, [row["id"] for row in chunk])
         for row in chunk:
             results.append(
                 {
@@ -41,7 +41,7 @@ def search_page(
                     "label": row["label"],
                     "matched": row["matched"],
                     "match_text": row["match_text"],
-                    "thumbnail_url": urls.blob(thumbs.get(row["id"])),
+                    **thumbs.get(row["id"], NO_THUMBNAIL),
                     **urls.unit_links(row["model_id"], row["layer"], row["index"]),
                 }
             )
@@ -93,7 +93,7 @@ def prompt_page(
         if entry["name"] in by_layer:
             for i, row in queries.unit_ids_by_index(session, entry["id"], by_layer[entry["name"]]).items():
                 info[(entry["name"], i)] = row
-    thumbs = queries.thumbnails(session, [row["id"] for row in info.values()])
+    thumbs = unit_thumbnails(session, urls, [row["id"] for row in info.values()])
     results = []
     for similarity, name, i in ranked:
         row = info.get((name, i))
@@ -104,7 +104,7 @@ def prompt_page(
                 "index": i,
                 "similarity": round(similarity, 5),
                 "label": row["label"] if row else None,
-                "thumbnail_url": urls.blob(thumbs.get(row["id"]) if row else None),
+                **(thumbs.get(row["id"], NO_THUMBNAIL) if row else NO_THUMBNAIL),
                 **urls.unit_links(model_id, name, i),
             }
         )

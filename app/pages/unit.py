@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.cache import TTLCache
-from app.pages.common import cell, iso, require_layer, require_model, spatial_of, stats
+from app.pages.common import NO_THUMBNAIL, cell, iso, require_layer, require_model, spatial_of, stats, unit_thumbnails
 from app.svg import normalise_histogram
 from app.urls import Urls
 from app.vectors import VectorCache
@@ -121,7 +121,7 @@ def nearest_units(
         if matrix is not None and row is not None:
             basis, found = "decomposition", matrix.nearest(matrix.vectors[row], k, exclude=index)
     neighbours = queries.unit_ids_by_index(session, layer_id, [i for i, _ in found])
-    thumbs = queries.thumbnails(session, [neighbours[i]["id"] for i, _ in found if i in neighbours])
+    thumbs = unit_thumbnails(session, urls, [neighbours[i]["id"] for i, _ in found if i in neighbours])
     units = []
     for i, similarity in found:
         row = neighbours.get(i)
@@ -130,7 +130,7 @@ def nearest_units(
                 "index": i,
                 "similarity": round(similarity, 5),
                 "label": row["label"] if row else None,
-                "thumbnail_url": urls.blob(thumbs.get(row["id"]) if row else None),
+                **(thumbs.get(row["id"], NO_THUMBNAIL) if row else NO_THUMBNAIL),
                 **urls.unit_links(model_id, layer_name, i),
             }
         )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from app.routes.schemas.common import Pagination
+from app.routes.schemas.common import THUMBNAIL_KIND_DESCRIPTION, THUMBNAIL_URL_DESCRIPTION, Pagination, ThumbnailKind
 
 
 class CollectionSummary(BaseModel):
@@ -32,7 +32,8 @@ class CollectionMember(BaseModel):
     label: str | None
     note: str
     top_words: list[str]
-    thumbnail_url: str | None
+    thumbnail_url: str | None = Field(description=THUMBNAIL_URL_DESCRIPTION)
+    thumbnail_kind: ThumbnailKind | None = Field(None, description=THUMBNAIL_KIND_DESCRIPTION)
     url: str
     api_url: str
 

@@ -41,6 +41,12 @@ class Pagination(BaseModel):
 
 Computed = dict[str, int]
 
+# What a listed unit's thumbnail shows: its main feature visualization, or, until one is
+# computed, the crop around the maximum of its strongest dataset example.
+ThumbnailKind = Literal["featureviz", "example"]
+THUMBNAIL_URL_DESCRIPTION = "The unit's picture, or null when it has neither a feature visualization nor a dataset example."
+THUMBNAIL_KIND_DESCRIPTION = "What the thumbnail shows: the feature visualization, else the strongest dataset example."
+
 
 class ModelRef(BaseModel):
     id: str

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field
 
-from app.routes.schemas.common import ModelRef, Pagination
+from app.routes.schemas.common import (
+    THUMBNAIL_KIND_DESCRIPTION, THUMBNAIL_URL_DESCRIPTION, ModelRef, Pagination, ThumbnailKind,
+)
 from app.routes.schemas.models import LayerInfo
 
 
@@ -17,8 +17,8 @@ class UnitCard(BaseModel):
     max: float | None
     mean: float | None
     fraction_active: float | None
-    thumbnail_url: str | None
-    thumbnail_kind: Literal["featureviz", "example"] | None = Field(description="What the thumbnail shows.")
+    thumbnail_url: str | None = Field(description=THUMBNAIL_URL_DESCRIPTION)
+    thumbnail_kind: ThumbnailKind | None = Field(description=THUMBNAIL_KIND_DESCRIPTION)
     url: str
     api_url: str
 

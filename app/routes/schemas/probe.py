@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.routes.schemas.common import Cell, Pagination
+from app.routes.schemas.common import THUMBNAIL_KIND_DESCRIPTION, THUMBNAIL_URL_DESCRIPTION, Cell, Pagination, ThumbnailKind
 
 
 class ProbeModelChoice(BaseModel):
@@ -51,7 +51,8 @@ class ProbeUnit(BaseModel):
     map: list[list[float]] | None = Field(description="The spatial activation map, rows of the layer's grid.")
     map_max: float | None
     label: str | None
-    thumbnail_url: str | None
+    thumbnail_url: str | None = Field(description=THUMBNAIL_URL_DESCRIPTION)
+    thumbnail_kind: ThumbnailKind | None = Field(None, description=THUMBNAIL_KIND_DESCRIPTION)
     url: str
     api_url: str
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from app.routes.schemas.common import Pagination
+from app.routes.schemas.common import THUMBNAIL_KIND_DESCRIPTION, THUMBNAIL_URL_DESCRIPTION, Pagination, ThumbnailKind
 
 
 class SearchResult(BaseModel):
@@ -16,7 +16,8 @@ class SearchResult(BaseModel):
     label: str | None
     matched: Literal["label", "note", "word", "decomposition"]
     match_text: str
-    thumbnail_url: str | None
+    thumbnail_url: str | None = Field(description=THUMBNAIL_URL_DESCRIPTION)
+    thumbnail_kind: ThumbnailKind | None = Field(None, description=THUMBNAIL_KIND_DESCRIPTION)
     url: str
     api_url: str
 
@@ -42,7 +43,8 @@ class PromptResult(BaseModel):
     index: int
     similarity: float
     label: str | None
-    thumbnail_url: str | None
+    thumbnail_url: str | None = Field(description=THUMBNAIL_URL_DESCRIPTION)
+    thumbnail_kind: ThumbnailKind | None = Field(None, description=THUMBNAIL_KIND_DESCRIPTION)
     url: str
     api_url: str
 

@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.routes.schemas.common import AnnotationOut, Cell, ModelRef
+from app.routes.schemas.common import (
+    THUMBNAIL_KIND_DESCRIPTION, THUMBNAIL_URL_DESCRIPTION, AnnotationOut, Cell, ModelRef, ThumbnailKind,
+)
 
 
 class Stats(BaseModel):
@@ -100,7 +102,8 @@ class NearestUnit(BaseModel):
     index: int
     similarity: float
     label: str | None
-    thumbnail_url: str | None
+    thumbnail_url: str | None = Field(description=THUMBNAIL_URL_DESCRIPTION)
+    thumbnail_kind: ThumbnailKind | None = Field(None, description=THUMBNAIL_KIND_DESCRIPTION)
     url: str
     api_url: str
 
