@@ -50,3 +50,28 @@ def test_every_layer_ships_in_the_wheel_and_the_image() -> None:
     copied = set(re.findall(r"^COPY (\w+) \1$", (ROOT / "Dockerfile").read_text(), flags=re.M))
     assert layers <= copied, f"the Dockerfile does not copy {sorted(layers - copied)}"
     assert all((ROOT / name / "__init__.py").is_file() for name in layers)
+
+
+def test_a_wheel_carries_its_migrations_templates_and_static(tmp_path: Path) -> None:
+    # Outside a checkout, the store finds alembic/ and the app its templates and static files
+    # inside the installed packages; a wheel missing them installs fine and fails at the first
+    # `db upgrade` or page.
+    import zipfile
+
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "dist").glob("clip_microscope-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    script = textwrap.dedent("""
+        from app.paths import static_dir, templates_dir
+        from store.paths import alembic_dir, alembic_ini
+        for path in (alembic_dir() / "env.py", alembic_ini(), templates_dir() / "unit.html", static_dir() / "style.css"):
+            print(path.resolve())
+    """)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    found = result.stdout.split()
+    assert len(found) == 4 and all(Path(p).is_file() and Path(p).is_relative_to(site) for p in found), found
