@@ -43,6 +43,17 @@ def common_words_source(count: int = DEFAULT_WORD_COUNT, language: str = "en") -
     return f"wordfreq:{language}:{count}"
 
 
+def word_list_label(source: str) -> str:
+    """A reader's name for a word list, from its source."""
+    if source == WORLD_VOCABULARY_SOURCE:
+        return "the synthetic world's vocabulary"
+    match = re.fullmatch(r"wordfreq:([a-z]+):(\d+)", source)
+    if match:
+        language = "English" if match[1] == "en" else f"'{match[1]}'"
+        return f"the {int(match[2]):,} commonest {language} words"
+    return Path(source).name or source
+
+
 def world_vocabulary() -> list[str]:
     """Every word the synthetic world can draw or say, in the order `microscope toy eval`
     ranks them (colours, shapes and numbers first)."""

@@ -14,6 +14,7 @@ from app.svg import normalise_histogram
 from app.urls import Urls
 from app.vectors import VectorCache
 from precompute.errors import Problem
+from precompute.words import word_list_label
 from store import queries
 
 NEAREST_UNITS = 12
@@ -103,7 +104,7 @@ def _word_lists(
                       f"Unit {index} of {model_id}/{layer_name} has no top words in the word list {chosen!r}; word lists: {known}.")
     current = chosen or (groups[0]["word_list"] if groups else None)
     choices = [
-        {"id": g["word_list"], "source": g["source"], "current": g["word_list"] == current,
+        {"id": g["word_list"], "source": g["source"], "label": word_list_label(g["source"]), "current": g["word_list"] == current,
          "url": urls.html.unit(model_id, layer_name, index, word_list=g["word_list"]),
          "api_url": urls.api.unit(model_id, layer_name, index, word_list=g["word_list"])}
         for g in groups

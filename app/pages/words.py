@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.urls import Urls
 from app.vectors import VectorCache
 from precompute.errors import Problem
-from precompute.words import preferred_word_lists, trained_on_world
+from precompute.words import preferred_word_lists, trained_on_world, word_list_label
 from store import queries
 from store.models import Model, WordList
 
@@ -97,7 +97,8 @@ def _list_choices(
     choices = []
     for e in same:
         params = {"q": q, "model": e["model_id"], "layer": e["layer"], "word_list": e["word_list_id"]}
-        choices.append({"id": e["word_list_id"], "source": sources.get(e["word_list_id"], ""),
+        source = sources.get(e["word_list_id"], "")
+        choices.append({"id": e["word_list_id"], "source": source, "label": word_list_label(source),
                         "current": e is chosen, "url": urls.html.words(**params), "api_url": urls.api.words(**params)})
     return choices
 

@@ -159,6 +159,7 @@ def search_prompt(
 
 
 @router.get("/words", response_model=s.WordsPage, tags=["search"],
+            responses={404: {"model": s.ErrorBody, "description": "No word embedding uses that word list."}},
             summary="Nearest words and word arithmetic over image-based word embeddings")
 def words(
     request: Request, q: str = Query("", max_length=200), model: str | None = Query(None, max_length=128),

@@ -17,6 +17,7 @@ class EmbeddingChoice(BaseModel):
 class WordListChoice(BaseModel):
     id: str
     source: str = Field(description="Where the words come from: `wordfreq:en:10000`, `synthetic-world:vocabulary`, a file.")
+    label: str = Field(description="A reader's name for the list.")
     current: bool = Field(description="Whether this is the list shown.")
     url: str
     api_url: str
