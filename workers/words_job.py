@@ -9,6 +9,10 @@ the chunks before it, so the committed state URI alone finds every row. At the e
 layer's (words x units) matrix gives every unit's top words (`word_activations`) and the
 layer's image-based word embedding (`word_embeddings`: vectors minus their mean, as .npy
 blobs), written in the transaction of the last checkpoint, which marks the job done.
+
+A layer holds the results of several word lists side by side (the toy models are read with
+the synthetic world's vocabulary and with common English words). Its one job follows the
+list it ran last; asking again for a list whose results are stored finds it done.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from app.server import create_app
 from app.settings import Settings
 from store import repository
-from store.models import Layer, Unit, WordActivation, WordEmbedding
+from store.models import Unit, WordActivation, WordEmbedding
 from store.session import make_engine, make_sessionmaker
 from tests.app.conftest import _postgres_schema
 from tests.app.html import json_twin, parse
