@@ -18,7 +18,7 @@ def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS) -> Iter
     from store.blobs import BlobStore
     from store.session import make_engine, make_sessionmaker
     from precompute.registry import load_embedded
-    from precompute.words import common_words
+    from precompute.words import WORLD_VOCABULARY_SOURCE, common_words, common_words_source, world_vocabulary
     from precompute.world import WorldConfig, write_dataset
     from workers.datasets import DatasetSource, register_dataset
     from workers.engines import StoreConfig
@@ -52,12 +52,16 @@ def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS) -> Iter
         engine.dispose()
 
     store = StoreConfig.from_settings(settings)
-    word_list = tuple(common_words(words))
+    # The world's vocabulary is what the toy models know (their pages show it first); the
+    # common English words are the list a real CLIP is read with, kept for comparison.
+    word_lists = ((tuple(world_vocabulary()), WORLD_VOCABULARY_SOURCE, "the synthetic world's vocabulary"),
+                  (tuple(common_words(words)), common_words_source(words), "common English words"))
     for arch, loaded in loaded_models.items():
         layer = loaded.spec.final_layer.name
         request = request_from_options(model_id=arch, dataset_id=DEMO_DATASET, layers=(layer,), device=device)
         summary = run_examples(store, request, loaded=loaded)
         yield f"{arch} {layer}: dataset examples, statistics and buckets ({summary})"
-        summary = run_words(store, WordsRequest(model_id=arch, layers=(layer,), words=word_list,
-                                                source=f"wordfreq:en:{words}", device=device), loaded=loaded)
-        yield f"{arch} {layer}: top rastered words of {len(word_list)} words ({summary})"
+        for word_list, source, name in word_lists:
+            summary = run_words(store, WordsRequest(model_id=arch, layers=(layer,), words=word_list, source=source,
+                                                    device=device), loaded=loaded)
+            yield f"{arch} {layer}: top rastered words of {len(word_list)} words, {name} ({summary})"

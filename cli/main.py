@@ -488,8 +488,10 @@ def precompute_examples(
 def precompute_words(
     model: Annotated[str, typer.Option(help="A registered model id.")],
     layers: Annotated[list[str], typer.Option("--layer", help="Layer name; repeat for several (one pass serves all).")],
-    words: Annotated[int, typer.Option(help="How many of the most common English words (wordfreq).")] = 10_000,
+    words: Annotated[Optional[int], typer.Option(help="How many of the most common English words (wordfreq; default 10000).")] = None,
     word_file: Annotated[Optional[Path], typer.Option(help="A custom list instead: one word per line.")] = None,
+    world_vocabulary: Annotated[bool, typer.Option(
+        "--world-vocabulary", help="The synthetic world's vocabulary instead (what the toy models know); by default rendered as `microscope toy eval` renders it.")] = False,
     font: Annotated[Optional[str], typer.Option(help="Font file name or path (default DejaVuSans-Bold.ttf).")] = None,
     font_size: Annotated[Optional[int], typer.Option(help="Font size in pixels (default: fit the image).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Raster size (default: the model's input size).")] = None,
@@ -504,15 +506,25 @@ def precompute_words(
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Each unit's top rastered words and each layer's image-based word embedding."""
-    from precompute.words import common_words, read_word_file
+    """Each unit's top rastered words and each layer's image-based word embedding.
+
+    The word list is the most common English words (the default), a file of yours, or the
+    synthetic world's vocabulary, which is what the toy models know."""
+    from precompute.words import (DEFAULT_WORD_COUNT, WORLD_VOCABULARY_SOURCE, common_words, common_words_source,
+                                  read_word_file)
+    from precompute.words import world_vocabulary as world_words
     from workers.engines import StoreConfig
     from workers.words_job import WordsRequest, run_words
 
+    if sum((words is not None, word_file is not None, world_vocabulary)) > 1:
+        _fail("choose one of --words, --word-file and --world-vocabulary")
     if word_file is not None:
         chosen, source = read_word_file(word_file), str(word_file.expanduser().resolve())
+    elif world_vocabulary:
+        chosen, source = world_words(), WORLD_VOCABULARY_SOURCE
     else:
-        chosen, source = common_words(words), f"wordfreq:en:{words}"
+        count = DEFAULT_WORD_COUNT if words is None else words
+        chosen, source = common_words(count), common_words_source(count)
     request = WordsRequest(
         model_id=model, layers=tuple(layers), words=tuple(chosen), source=source, font=font, font_size=font_size,
         image_size=image_size, top=top, list_id=list_id, batch_size=batch_size, checkpoint_every=checkpoint_every,

@@ -5,6 +5,12 @@ white in one fixed font and size, run the images through the vision tower, and r
 unit's activation on every word the same way as on dataset images (spatial maximum,
 pre-ReLU where the architecture has it; see `precompute.examples.ranking_values`).
 
+The toy models know only the synthetic world's vocabulary (`precompute.world.WORDS`, a few
+hundred words), so most common English words are strangers to them: their meaning shows in
+the world's own list, rendered as `microscope toy eval` renders it (`render_text` with its
+defaults at the model's 64 px input). Pages show that list first for models trained on the
+world and the common-word list first for every other model.
+
 - A unit's top words are the words of highest activation (ties broken by the word's rank in
   the list, so results are exact and reproducible).
 - A word's image-based embedding is its activation vector over a layer's units minus the
@@ -29,6 +35,51 @@ from precompute.world.fonts import DEFAULT_FONT, font_path, render_text
 
 DEFAULT_WORD_COUNT = 10_000
 DEFAULT_TOP_WORDS = 32
+WORLD_VOCABULARY_SOURCE = "synthetic-world:vocabulary"
+
+
+def common_words_source(count: int = DEFAULT_WORD_COUNT, language: str = "en") -> str:
+    """The source recorded for `common_words(count, language)`."""
+    return f"wordfreq:{language}:{count}"
+
+
+def word_list_label(source: str) -> str:
+    """A reader's name for a word list, from its source."""
+    if source == WORLD_VOCABULARY_SOURCE:
+        return "the synthetic world's vocabulary"
+    match = re.fullmatch(r"wordfreq:([a-z]+):(\d+)", source)
+    if match:
+        language = "English" if match[1] == "en" else f"'{match[1]}'"
+        return f"the {int(match[2]):,} commonest {language} words"
+    return Path(source).name or source
+
+
+def world_vocabulary() -> list[str]:
+    """Every word the synthetic world can draw or say, in the order `microscope toy eval`
+    ranks them (colours, shapes and numbers first)."""
+    from precompute.world import WORDS
+
+    return list(dict.fromkeys(WORDS))
+
+
+def trained_on_world(model_source: str, model_arch: str) -> bool:
+    """Whether a registered model is one of the toy models, which know only the world's words:
+    an embedded checkpoint, or a toy architecture (trained or random)."""
+    from precompute.toy import TOY_ARCHITECTURES
+
+    return model_source == "embedded" or model_arch in TOY_ARCHITECTURES.values()
+
+
+def preferred_word_lists(lists: Sequence[tuple[str, str]], *, world_model: bool) -> list[str]:
+    """The ids of (id, source) word lists in the order a page offers them: the world's
+    vocabulary first for a model trained on the world, last for any other model; otherwise
+    the order given."""
+    def rank(item: tuple[int, tuple[str, str]]) -> tuple[int, int]:
+        position, (_, source) = item
+        is_world = source == WORLD_VOCABULARY_SOURCE
+        return (0 if is_world == world_model else 1), position
+
+    return [list_id for _, (list_id, _) in sorted(enumerate(lists), key=rank)]
 
 
 def common_words(count: int = DEFAULT_WORD_COUNT, language: str = "en") -> list[str]:

@@ -16,6 +16,8 @@ from typing import Any, Literal, NamedTuple
 from sqlalchemy import and_, bindparam, case, func, literal, literal_column, select, union_all
 from sqlalchemy.orm import Session
 
+from precompute.words import trained_on_world
+
 from store.models import (
     Annotation,
     BucketSample,
@@ -657,3 +659,18 @@ def export_details(session: Session, unit_ids: Sequence[int], top: int = 10) -> 
     for unit_id, *rest in session.execute(terms).all():
         out[unit_id]["decomposition"].append(tuple(rest))
     return dict(out)
+
+
+def word_list_sources(session: Session, list_ids: Sequence[str]) -> dict[str, str]:
+    """Each word list's source ("wordfreq:en:10000", "synthetic-world:vocabulary", a file)."""
+    if not list_ids:
+        return {}
+    return dict(session.execute(select(WordList.id, WordList.source).where(WordList.id.in_(list(set(list_ids))))).all())
+
+
+def world_models(session: Session, model_ids: Sequence[str]) -> set[str]:
+    """Which of these models were trained on the synthetic world (and so read its vocabulary)."""
+    if not model_ids:
+        return set()
+    rows = session.execute(select(Model.id, Model.source, Model.arch).where(Model.id.in_(list(set(model_ids))))).all()
+    return {model_id for model_id, source, arch in rows if trained_on_world(source, arch)}

@@ -9,10 +9,12 @@ from sqlalchemy.orm import Session
 
 from app.cache import TTLCache
 from app.pages.common import NO_THUMBNAIL, cell, iso, require_layer, require_model, spatial_of, stats, unit_thumbnails
+from app.pages.words import ordered_word_lists
 from app.svg import normalise_histogram
 from app.urls import Urls
 from app.vectors import VectorCache
 from precompute.errors import Problem
+from precompute.words import word_list_label
 from store import queries
 from store.blobs import MissingBlob
 
@@ -84,6 +86,34 @@ def _grouped(rows: list[dict[str, Any]], key: str, name: str, items: str, fields
     return [{name: group, items: entries} for group, entries in out.items()]
 
 
+def _words(session: Session, unit_id: int, model_id: str) -> list[dict[str, Any]]:
+    """The unit's top words per word list, the model's default list first."""
+    groups = _grouped(queries.words_of(session, unit_id), "word_list_id", "word_list", "words", ("rank", "word", "activation"))
+    by_list = {g["word_list"]: g for g in groups}
+    ordered = ordered_word_lists(session, model_id, list(by_list))
+    return [by_list[entry["id"]] | {"source": entry["source"]} for entry in ordered]
+
+
+def _word_lists(
+    groups: list[dict[str, Any]], chosen: str | None, urls: Urls, model_id: str, layer_name: str, index: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the word groups shown, the lists to switch between): the list asked for, or all of
+    them with the default first. An unknown list is refused."""
+    if chosen is not None and all(g["word_list"] != chosen for g in groups):
+        known = ", ".join(g["word_list"] for g in groups) or "none yet"
+        raise Problem(404, "unknown-word-list",
+                      f"Unit {index} of {model_id}/{layer_name} has no top words in the word list {chosen!r}; word lists: {known}.")
+    current = chosen or (groups[0]["word_list"] if groups else None)
+    choices = [
+        {"id": g["word_list"], "source": g["source"], "label": word_list_label(g["source"]), "current": g["word_list"] == current,
+         "url": urls.html.unit(model_id, layer_name, index, word_list=g["word_list"]),
+         "api_url": urls.api.unit(model_id, layer_name, index, word_list=g["word_list"])}
+        for g in groups
+    ]
+    shown = [g for g in groups if g["word_list"] == chosen] if chosen else groups
+    return [{"word_list": g["word_list"], "words": g["words"]} for g in shown], choices
+
+
 def nearest_units(
     session: Session, cache: VectorCache, layer_id: int, unit: dict[str, Any], model_id: str, layer_name: str, urls: Urls,
     k: int = NEAREST_UNITS,
@@ -150,7 +180,7 @@ def _unit_results(
         "featureviz": _featureviz(queries.featureviz_of(session, uid), urls),
         "examples": _examples(queries.examples_of(session, uid), spatial, urls),
         "buckets": _buckets(queries.buckets_of(session, uid), urls),
-        "words": _grouped(queries.words_of(session, uid), "word_list_id", "word_list", "words", ("rank", "word", "activation")),
+        "words": _words(session, uid, model_id),
         "decomposition": _grouped(
             queries.decomposition_of(session, uid), "pool_id", "pool", "terms", ("rank", "text", "coefficient")
         ),
@@ -166,11 +196,12 @@ def _neighbour(urls: Urls, model_id: str, layer_name: str, index: int, units: in
 
 def unit_page(
     session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, urls: Urls,
-    results: TTLCache | None = None,
+    results: TTLCache | None = None, word_list: str | None = None,
 ) -> dict[str, Any]:
     """The unit page. With `results`, what the jobs wrote (visualizations, examples, words,
     decompositions, neighbours) is reused for the cache's lifetime; the unit row (label,
-    statistics), its notes and its collections are read on every view."""
+    statistics), its notes and its collections are read on every view. `word_list` picks
+    the one word list whose top words are shown (default: all, the model's default first)."""
     unit = queries.unit_core(session, model_id, layer_name, index)
     if unit is None:
         require_model(session, model_id)
@@ -193,12 +224,13 @@ def unit_page(
         {"id": c["id"], "title": c["title"], **urls.collection_links(c["id"])} for c in queries.collections_of(session, uid)
     ]
     histogram = normalise_histogram(unit["histogram"])
+    words, word_lists = _word_lists(parts["words"], word_list, urls, model_id, layer_name, index)
     present = {
         "feature visualization": parts["featureviz"]["main"],
         "dataset examples": parts["examples"],
         "activation histogram": histogram,
         "conditional-probability samples": parts["buckets"],
-        "rastered words": parts["words"],
+        "rastered words": words,
         "text decomposition": parts["decomposition"],
         "second-order direction": urls.blob(unit["direction_uri"]),  # None when its file is missing too
     }
@@ -218,6 +250,9 @@ def unit_page(
         "stats": stats(unit),
         "histogram": histogram,
         **parts,
+        "words": words,
+        "word_list": next((c["id"] for c in word_lists if c["current"]), None),
+        "word_lists": word_lists,
         "has_direction": unit["direction_uri"] is not None,
         "annotations": notes,
         "collections": collections,
@@ -225,4 +260,6 @@ def unit_page(
         "next": _neighbour(urls, model_id, layer_name, index + 1, units),
         "missing": [name for name, value in present.items() if not value],
         **urls.unit_links(model_id, layer_name, index),
+        **({"url": urls.html.unit(model_id, layer_name, index, word_list=word_list),
+            "api_url": urls.api.unit(model_id, layer_name, index, word_list=word_list)} if word_list else {}),
     }

@@ -1,7 +1,10 @@
-"""Words: nearest words and word arithmetic over image-based word embeddings."""
+"""Words: nearest words and word arithmetic over image-based word embeddings, and the order
+in which pages offer a model's word lists."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import groupby
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -9,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.urls import Urls
 from app.vectors import VectorCache
 from precompute.errors import Problem
+from precompute.words import preferred_word_lists, word_list_label
 from store import queries
 from store.blobs import MissingBlob
 
@@ -33,6 +37,27 @@ def parse_word_expression(q: str) -> list[tuple[int, str]]:
     return terms
 
 
+def ordered_word_lists(session: Session, model_id: str, list_ids: Sequence[str]) -> list[dict[str, str]]:
+    """A model's word lists as pages offer them, first the default: the world's vocabulary for
+    a toy model, the common English words (or whatever else) for a real one."""
+    sources = queries.word_list_sources(session, list_ids)
+    pairs = [(list_id, sources.get(list_id, "")) for list_id in dict.fromkeys(list_ids)]
+    order = preferred_word_lists(pairs, world_model=model_id in queries.world_models(session, [model_id]))
+    return [{"id": list_id, "source": sources.get(list_id, "")} for list_id in order]
+
+
+def _preferred_first(session: Session, embeddings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Embeddings in their (model, layer) order, each layer's lists in preferred order."""
+    sources = queries.word_list_sources(session, [e["word_list_id"] for e in embeddings])
+    world = queries.world_models(session, [e["model_id"] for e in embeddings])
+    out: list[dict[str, Any]] = []
+    for (model_id, _), group in groupby(embeddings, key=lambda e: (e["model_id"], e["layer_id"])):
+        by_list = {e["word_list_id"]: e for e in group}
+        order = preferred_word_lists([(i, sources.get(i, "")) for i in by_list], world_model=model_id in world)
+        out.extend(by_list[i] for i in order)
+    return out
+
+
 def _choose(
     embeddings: list[dict[str, Any]], model_id: str | None, layer: str | None, word_list: str | None
 ) -> dict[str, Any] | None:
@@ -45,13 +70,33 @@ def _choose(
     return None
 
 
+def _list_choices(
+    session: Session, embeddings: list[dict[str, Any]], chosen: dict[str, Any] | None, urls: Urls, q: str
+) -> list[dict[str, Any]]:
+    """The word lists of the chosen model and layer, to switch between, the default first."""
+    if chosen is None:
+        return []
+    same = [e for e in embeddings if e["model_id"] == chosen["model_id"] and e["layer_id"] == chosen["layer_id"]]
+    sources = queries.word_list_sources(session, [e["word_list_id"] for e in same])
+    choices = []
+    for e in same:
+        params = {"q": q, "model": e["model_id"], "layer": e["layer"], "word_list": e["word_list_id"]}
+        source = sources.get(e["word_list_id"], "")
+        choices.append({"id": e["word_list_id"], "source": source, "label": word_list_label(source),
+                        "current": e is chosen, "url": urls.html.words(**params), "api_url": urls.api.words(**params)})
+    return choices
+
+
 def words_page(
     session: Session, cache: VectorCache, urls: Urls, *, q: str = "", model_id: str | None = None,
     layer: str | None = None, word_list: str | None = None, k: int = DEFAULT_K,
 ) -> dict[str, Any]:
     import numpy as np
 
-    embeddings = queries.word_embeddings(session)
+    embeddings = _preferred_first(session, queries.word_embeddings(session))
+    if word_list and all(e["word_list_id"] != word_list for e in embeddings):
+        known = ", ".join(dict.fromkeys(e["word_list_id"] for e in embeddings)) or "none yet"
+        raise Problem(404, "unknown-word-list", f"No word embedding uses the word list {word_list!r}; word lists: {known}.")
     available = [
         {"model": e["model_id"], "layer": e["layer"], "word_list": e["word_list_id"],
          "url": urls.html.words(model=e["model_id"], layer=e["layer"], word_list=e["word_list_id"])}
@@ -67,6 +112,7 @@ def words_page(
         "model": chosen["model_id"] if chosen else model_id,
         "layer": chosen["layer"] if chosen else layer,
         "word_list": chosen["word_list_id"] if chosen else word_list,
+        "word_lists": _list_choices(session, embeddings, chosen, urls, q),
         "terms": [],
         "results": [],
         "examples": [],

@@ -126,9 +126,14 @@ def get_layer(
 
 @router.get("/models/{model_id}/{layer}/{unit}", response_model=s.UnitPage, responses=E404, tags=["units"],
             summary="Everything known about one unit")
-def get_unit(model_id: str, layer: str, unit: UnitIndex, request: Request, session: Session = Depends(get_session)) -> Any:
+def get_unit(
+    model_id: str, layer: str, unit: UnitIndex, request: Request,
+    word_list: str | None = Query(None, max_length=128, description="Only this word list's top words (an id from `word_lists`)."),
+    session: Session = Depends(get_session),
+) -> Any:
     state = request.app.state
-    page = builders.unit_page(session, state.vectors, model_id, layer, unit, request_urls(request), state.unit_cache)
+    page = builders.unit_page(session, state.vectors, model_id, layer, unit, request_urls(request), state.unit_cache,
+                              word_list=word_list)
     return _json(page)
 
 
@@ -154,6 +159,7 @@ def search_prompt(
 
 
 @router.get("/words", response_model=s.WordsPage, tags=["search"],
+            responses={404: {"model": s.ErrorBody, "description": "No word embedding uses that word list."}},
             summary="Nearest words and word arithmetic over image-based word embeddings")
 def words(
     request: Request, q: str = Query("", max_length=200), model: str | None = Query(None, max_length=128),

@@ -65,9 +65,11 @@ def layer_page(model_id: str, layer: str, request: Request, sort: str = Query("i
 
 
 @router.get("/models/{model_id}/{layer}/{unit}", response_class=HTMLResponse)
-def unit_page(model_id: str, layer: str, unit: UnitIndex, request: Request, session: Session = Depends(get_session)) -> HTMLResponse:
+def unit_page(model_id: str, layer: str, unit: UnitIndex, request: Request,
+              word_list: str | None = Query(None, max_length=128), session: Session = Depends(get_session)) -> HTMLResponse:
     state = request.app.state
-    payload = builders.unit_page(session, state.vectors, model_id, layer, unit, request_urls(request), state.unit_cache)
+    payload = builders.unit_page(session, state.vectors, model_id, layer, unit, request_urls(request), state.unit_cache,
+                                 word_list=word_list)
     user = auth.page_user(request, session)
     collections = queries.collections_page(session, 0, 200) if user else []
     return render(request, "unit.html", payload, payload["api_url"], session=session, user=user, my_collections=collections,

@@ -7,7 +7,7 @@ import sys
 
 from sqlalchemy import func, select
 
-from store.models import DatasetExample, Layer, Model, Unit, WordActivation
+from store.models import DatasetExample, Layer, Model, Unit, WordActivation, WordEmbedding, WordList
 from store.session import make_engine, make_sessionmaker
 
 
@@ -40,6 +40,10 @@ def test_demo_builds_store_dataset_and_models(tmp_path):
             with_words = session.scalar(select(func.count(func.distinct(WordActivation.unit_id)))
                                         .where(WordActivation.unit_id.in_(units)))
             assert with_examples == with_words == final.units
+            # Both word lists: the world's vocabulary the toy models know, and common English words.
+            lists = set(session.scalars(select(WordEmbedding.word_list_id).where(WordEmbedding.layer_id == final.id)))
+            sources = {session.get(WordList, list_id).source for list_id in lists}
+            assert sources == {"synthetic-world:vocabulary", "wordfreq:en:120"}
             assert session.scalar(select(func.count()).select_from(Unit)
                                   .where(Unit.layer_id == final.id, Unit.max.is_(None))) == 0
     engine.dispose()
@@ -47,4 +51,6 @@ def test_demo_builds_store_dataset_and_models(tmp_path):
     again = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120"],
                            capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0, again.stderr
+    word_lines = [line for line in again.stdout.splitlines() if "top rastered words" in line]
+    assert len(word_lines) == 4 and all("'already done'" in line for line in word_lines), again.stdout
     assert len((dataset / "captions.jsonl").read_text().splitlines()) == 40

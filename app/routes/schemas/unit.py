@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from app.routes.schemas.common import (
     THUMBNAIL_KIND_DESCRIPTION, THUMBNAIL_URL_DESCRIPTION, AnnotationOut, Cell, ModelRef, ThumbnailKind,
 )
+from app.routes.schemas.words import WordListChoice
 
 
 class Stats(BaseModel):
@@ -147,7 +148,12 @@ class UnitPage(BaseModel):
     featureviz: FeatureVizGroups
     examples: list[ExampleGroup]
     buckets: list[BucketGroup] = Field(description="Samples per activation bucket: the conditional-probability strip.")
-    words: list[WordGroup]
+    words: list[WordGroup] = Field(description="Top words per word list, the default list first; only the list asked for "
+                                   "with `?word_list=`.")
+    word_list: str | None = Field(None, description="The word list shown first on the page.")
+    word_lists: list[WordListChoice] = Field(
+        default_factory=list, description="This unit's word lists, the default first: the synthetic world's vocabulary "
+        "for a toy model, the common English words for a real one.")
     decomposition: list[TermGroup]
     has_direction: bool
     nearest: Nearest

@@ -14,6 +14,15 @@ class EmbeddingChoice(BaseModel):
     url: str
 
 
+class WordListChoice(BaseModel):
+    id: str
+    source: str = Field(description="Where the words come from: `wordfreq:en:10000`, `synthetic-world:vocabulary`, a file.")
+    label: str = Field(description="A reader's name for the list.")
+    current: bool = Field(description="Whether this is the list shown.")
+    url: str
+    api_url: str
+
+
 class WordTerm(BaseModel):
     sign: Literal["+", "-"]
     word: str
@@ -30,6 +39,9 @@ class WordsPage(BaseModel):
     model: str | None
     layer: str | None
     word_list: str | None
+    word_lists: list[WordListChoice] = Field(
+        default_factory=list, description="The word lists of this model and layer, the default first: the synthetic "
+        "world's vocabulary for a toy model, the common English words for a real one.")
     terms: list[WordTerm]
     results: list[WordResult]
     examples: list[str] = Field(description="A few words of the list, to start from.")
