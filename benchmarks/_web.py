@@ -32,6 +32,26 @@ class Server:
     url: str
     backend: str
     unit_paths: list[str]  # populated units of the toy models, as /models/.../index
+    pid: int | None = None  # the server's main process, where it is known
+
+
+def server_cpu_seconds(pid: int | None) -> float | None:
+    """CPU time used so far by a process and all its descendants (uvicorn's workers), from
+    /proc: a figure that other load on the machine does not inflate as much as latency."""
+    proc = Path("/proc")
+    if pid is None or not proc.exists():
+        return None
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = (proc / str(current) / "stat").read_text().rsplit(")", 1)[1].split()
+            children = (proc / str(current) / "task" / str(current) / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pending.extend(int(c) for c in children)
+    return total
 
 
 @contextmanager
@@ -138,10 +158,10 @@ def demo_unit_paths(env: dict[str, str]) -> list[str]:
 
 
 @contextmanager
-def serve_command(env: dict[str, str], log_path: Path, workers: int = 1, launcher: str = "microscope") -> Iterator[str]:
+def serve_command(env: dict[str, str], log_path: Path, workers: int = 1, launcher: str = "microscope") -> Iterator[tuple[str, int]]:
     """The server as a user starts it, `microscope serve --workers N` (or, with launcher
     "uvicorn", uvicorn's own command line, for code that predates that option), on a free
-    loopback port until the block ends: its base URL."""
+    loopback port until the block ends: its base URL and process id."""
     from tests.server import _wait_ready, free_port
 
     port = free_port()
@@ -157,7 +177,7 @@ def serve_command(env: dict[str, str], log_path: Path, workers: int = 1, launche
         server = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_ready(url + "/healthz", server, log_path, 180)
-            yield url
+            yield url, server.pid
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:
@@ -173,8 +193,8 @@ def serve_demo(backend: str, workers: int = 1, launcher: str = "microscope", fol
     """The demo's store (built once, see ensure_demo) served with `workers` processes."""
     folder, env = ensure_demo(backend, folder, schema)
     paths = demo_unit_paths(env)
-    with serve_command(env, folder / f"server-{backend}-{workers}.log", workers, launcher) as base:
-        yield Server(base, backend, paths)
+    with serve_command(env, folder / f"server-{backend}-{workers}.log", workers, launcher) as (base, pid):
+        yield Server(base, backend, paths, pid)
 
 
 def load_tool(preferred: str = "auto") -> str:

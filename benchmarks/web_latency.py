@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._web import DEMO_SCHEMA, load_tool, machine, run_load, serve, serve_demo  # noqa: E402
+from benchmarks._web import DEMO_SCHEMA, load_tool, machine, run_load, serve, serve_demo, server_cpu_seconds  # noqa: E402
 
 TARGET_P99_MS = 500.0
 
@@ -37,8 +37,11 @@ def measure(backend: str, args: argparse.Namespace, tool: str) -> dict:
     with server_cm as server:
         if args.warmup > 0:
             run_load(server.url, server.unit_paths, connections=args.connections, duration=args.warmup, tool=tool)
+        cpu_before = server_cpu_seconds(server.pid)
         result = run_load(server.url, server.unit_paths, connections=args.connections, duration=args.duration, tool=tool)
+        cpu_after = server_cpu_seconds(server.pid)
         pages = len(server.unit_paths)
+    cpu_ms = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) * 1000 / max(result["requests"], 1)
     p99_ms = result["p99"] * 1000
     return {
         "backend": backend,
@@ -49,6 +52,7 @@ def measure(backend: str, args: argparse.Namespace, tool: str) -> dict:
         "p90_ms": round(result["p90"] * 1000, 2),
         "p99_ms": round(p99_ms, 2),
         "errors": result["errors"],
+        "server_cpu_ms_per_request": None if cpu_ms is None else round(cpu_ms, 2),
         "target_p99_ms": TARGET_P99_MS,
         "meets_target": result["errors"] == 0 and p99_ms <= TARGET_P99_MS,
     }

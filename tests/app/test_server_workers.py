@@ -147,3 +147,12 @@ def test_writes_through_one_worker_show_on_every_workers_pages(migrated_url: str
     assert all('data-word="zebra-from-a-job"' in r.text for r in by_page[f"{unit}/2"])
     for r in by_page[f"/api/v1{unit}/2"]:
         assert [w["word"] for g in r.json()["words"] for w in g["words"]] == ["zebra-from-a-job"]
+
+
+def test_serve_refuses_fewer_than_one_worker(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSCOPE_")}
+    env.update(MICROSCOPE_DATA_DIR=str(tmp_path), PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--workers", "0"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == ["error: --workers must be at least 1"]
