@@ -156,3 +156,14 @@ def test_serve_refuses_fewer_than_one_worker(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["error: --workers must be at least 1"]
+
+
+def test_settings_travel_to_worker_processes_whole(monkeypatch, tmp_path: Path) -> None:
+    from app.server import settings_environment
+    from app.settings import Settings
+
+    given = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}", port=8123, page_cache_seconds=5.5,
+                     cookie_secure=True, device="cpu", live_rate_limit="5/second", rendered_page_cache_entries=7)
+    for name, value in settings_environment(given).items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == given
