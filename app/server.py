@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import AsyncIterator
@@ -154,11 +155,21 @@ def run(
         "proxy_headers": True,
     }
     if workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(served_app(settings), **options)
         return
     os.environ.update(settings_environment(settings))
     get_settings.cache_clear()
-    uvicorn.run("app.server:create_app", factory=True, workers=workers, **options)
+    uvicorn.run("app.server:served_app", factory=True, workers=workers, **options)
+
+
+def served_app(settings: Settings | None = None) -> FastAPI:
+    """The app of a long-running server process. What exists once it is built (modules, the
+    app, its templates) lives as long as the process, so the garbage collector is told to
+    leave it alone: its full collections then pause requests for less."""
+    app = create_app(settings)
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
