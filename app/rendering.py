@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 
 from app import auth, svg
+from app.cache import TTLCache
 from app.paths import templates_dir
 from app.urls import request_urls
 
@@ -74,6 +75,24 @@ def render(
     response = request.app.state.templates.TemplateResponse(request, template, context, status_code=status_code)
     if fresh_csrf:
         set_cookie(request, response, auth.CSRF_COOKIE, fresh_csrf, http_only=False)
+    return response
+
+
+def render_anonymous(
+    request: Request, template: str, page: dict[str, Any], json_url: str, cache: TTLCache | None, key: tuple, **extra: Any,
+) -> HTMLResponse:
+    """`render` for a visitor who is not logged in, reusing the body rendered before under the
+    same `key` (which must name everything the page shows) and the same request path.
+
+    Such a page embeds no CSRF token or user, so its body is the same for every anonymous
+    visitor; big pages (a unit's 128 examples) cost far more to render than to look up."""
+    if cache is None:
+        return render(request, template, page, json_url, user=None, **extra)
+    full_key = (template, request.scope.get("root_path", ""), request.url.path, request.url.query, key)
+    body = cache.get(full_key, lambda: bytes(render(request, template, page, json_url, user=None, **extra).body))
+    response = HTMLResponse(body)
+    if not request.cookies.get(auth.CSRF_COOKIE):
+        set_cookie(request, response, auth.CSRF_COOKIE, auth.new_csrf(), http_only=False)
     return response
 
 

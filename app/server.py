@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -73,7 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = templates()
     app.state.schema_head = migrations.head()
     app.state.vectors = VectorCache(app.state.blobs)
-    app.state.unit_cache = TTLCache(settings.page_cache_seconds, 4096) if settings.page_cache_seconds > 0 else None
+    caching = settings.page_cache_seconds > 0
+    app.state.unit_cache = TTLCache(settings.page_cache_seconds, 4096) if caching else None
+    # Rendered unit pages for visitors who are not logged in, ~125 kB each for the demo's units.
+    app.state.rendered_pages = TTLCache(settings.page_cache_seconds, settings.rendered_page_cache_entries) if caching else None
     app.state.rate_limiter = RateLimiter(settings.live_rate_limit, settings.rate_limit_storage)
     app.state.model_service = ModelService(_model_loader(app, settings), max_queue=settings.model_queue_size)
 
@@ -132,16 +138,45 @@ def _model_loader(app: FastAPI, settings: Settings) -> Any:
     return load
 
 
-def run(settings: Settings | None = None, *, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
-    """Serve until interrupted (what `microscope serve` calls). Host and port default to settings."""
+def run(
+    settings: Settings | None = None, *, host: str | None = None, port: int | None = None, log_level: str = "info",
+    workers: int = 1, access_log: bool = True,
+) -> None:
+    """Serve until interrupted (what `microscope serve` calls). Host and port default to settings.
+
+    With `workers` > 1, uvicorn starts that many server processes on one socket; each builds
+    its own app from the environment, so `settings` travel to them as MICROSCOPE_* variables.
+    Their page caches stay consistent through the store (see app.pages.unit)."""
     import uvicorn
 
     settings = settings or get_settings()
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level=log_level,
+    options: dict[str, Any] = {
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "log_level": log_level,
+        "access_log": access_log,
         # Behind the compose file's or a lab's reverse proxy, trust X-Forwarded-* for links.
-        proxy_headers=True,
-    )
+        "proxy_headers": True,
+    }
+    if workers == 1:
+        uvicorn.run(served_app(settings), **options)
+        return
+    os.environ.update(settings_environment(settings))
+    get_settings.cache_clear()
+    uvicorn.run("app.server:served_app", factory=True, workers=workers, **options)
+
+
+def served_app(settings: Settings | None = None) -> FastAPI:
+    """The app of a long-running server process. What exists once it is built (modules, the
+    app, its templates) lives as long as the process, so the garbage collector is told to
+    leave it alone: its full collections then pause requests for less."""
+    app = create_app(settings)
+    gc.collect()
+    gc.freeze()
+    return app
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """`settings` as the MICROSCOPE_* variables that rebuild them in another process."""
+    values = settings.model_dump(mode="json")
+    return {f"MICROSCOPE_{name.upper()}": value if isinstance(value, str) else json.dumps(value) for name, value in values.items()}

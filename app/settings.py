@@ -44,9 +44,14 @@ class Settings(BaseSettings):
     live_rate_limit: str = Field("30/minute", description="Per-client limit, in `limits` notation: '30/minute', '5/second'.")
     rate_limit_storage: str = Field("memory://", description="Where rate-limit counters live: memory:// or redis://host:port.")
     model_queue_size: int = Field(16, ge=1, description="Live requests waiting for the model service before 503.")
-    # How long a server process reuses what the precompute jobs wrote about a unit (its page's
-    # visualizations, examples, words, neighbours) before reading it again; 0 turns it off.
-    page_cache_seconds: float = Field(30.0, ge=0)
+    # How long a server process may reuse what the precompute jobs wrote about a unit (its page's
+    # visualizations, examples, words, neighbours) and the page rendered from it before reading
+    # them again; 0 turns it off. A job's commit is seen at once by every server process (see
+    # store.queries.results_generation), and labels, notes and collections are read on every
+    # view; the lifetime only bounds how long writes made outside the job loop take to show.
+    page_cache_seconds: float = Field(600.0, ge=0)
+    # How many rendered unit pages (for visitors who are not logged in) a process keeps.
+    rendered_page_cache_entries: int = Field(2048, ge=1)
     # Login cookies: set to true when the site is served over HTTPS.
     cookie_secure: bool = False
 

@@ -14,8 +14,9 @@ a missing word embedding raises `MissingBlob` for the page to say so.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
@@ -38,6 +39,10 @@ class UnitMatrix:
     vectors: Any  # np.ndarray[float32] (rows, dim), unit length (zero rows stay zero)
     uris: tuple[str, ...] = ()
     missing: frozenset[str] = frozenset()  # stored references whose blob is missing from the store
+    # Every row's nearest rows, built on first use and kept with the matrix: a unit page then
+    # looks its neighbours up instead of scoring the whole layer on each view.
+    _neighbours: dict[int, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
+    _neighbours_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def row_of(self, index: int) -> int | None:
         import numpy as np
@@ -64,6 +69,32 @@ class UnitMatrix:
             if len(out) == k:
                 break
         return out
+
+    def neighbours(self, index: int, k: int) -> list[tuple[int, float]]:
+        """`nearest(vectors[row of index], k, exclude=index)`, from the table of all rows."""
+        row = self.row_of(index)
+        if row is None:
+            return []
+        with self._neighbours_lock:
+            if k not in self._neighbours:
+                self._neighbours[k] = self._neighbour_table(k)
+        rows, sims = self._neighbours[k]
+        return [(int(self.indices[r]), float(s)) for r, s in zip(rows[row], sims[row])]
+
+    def _neighbour_table(self, k: int, chunk: int = 1024) -> tuple[Any, Any]:
+        import numpy as np
+
+        count = len(self.indices)
+        k = min(k, count - 1)
+        rows = np.empty((count, k), dtype=np.int64)
+        sims = np.empty((count, k), dtype=np.float32)
+        for start in range(0, count, chunk):
+            block = self.vectors[start:start + chunk] @ self.vectors.T
+            block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf  # a unit is not its own neighbour
+            order = np.argsort(-block, axis=1, kind="stable")[:, :k]
+            rows[start:start + len(block)] = order
+            sims[start:start + len(block)] = np.take_along_axis(block, order, axis=1)
+        return rows, sims
 
 
 def load_npy(blobs: BlobStore, uri: str) -> "np.ndarray":

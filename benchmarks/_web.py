@@ -1,6 +1,7 @@
-"""Shared pieces of the web benchmarks: a populated store on SQLite or Postgres, the server in
-its own process on loopback, and a load tool in another (wrk when installed, else our asyncio
-load generator, benchmarks/loadgen.py)."""
+"""Shared pieces of the web benchmarks: a store on SQLite or Postgres (the test suite's sample
+store, or the one `microscope demo` builds), the server in its own process(es) on loopback, and
+a load tool in another (wrk when installed, else our asyncio load generator,
+benchmarks/loadgen.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("MICROSCOPE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# Where the demo stores live between runs (a build takes minutes), one per backend.
+DEMO_ROOT = Path(os.environ.get("MICROSCOPE_BENCH_DEMO_ROOT", tempfile.gettempdir()))
+DEMO_SCHEMA = "web_demo"
+DEMO_BUILT = "demo-built"  # written into the demo's folder once `microscope demo` has finished
 
 
 @dataclass
@@ -26,6 +32,26 @@ class Server:
     url: str
     backend: str
     unit_paths: list[str]  # populated units of the toy models, as /models/.../index
+    pid: int | None = None  # the server's main process, where it is known
+
+
+def server_cpu_seconds(pid: int | None) -> float | None:
+    """CPU time used so far by a process and all its descendants (uvicorn's workers), from
+    /proc: a figure that other load on the machine does not inflate as much as latency."""
+    proc = Path("/proc")
+    if pid is None or not proc.exists():
+        return None
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = (proc / str(current) / "stat").read_text().rsplit(")", 1)[1].split()
+            children = (proc / str(current) / "task" / str(current) / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pending.extend(int(c) for c in children)
+    return total
 
 
 @contextmanager
@@ -69,6 +95,106 @@ def serve(backend: str, units: int = 64, images: int = 64) -> Iterator[Server]:
                 yield Server(base, backend, paths)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _schema_url(schema: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+def demo_environment(backend: str, folder: Path, schema: str = DEMO_SCHEMA) -> dict[str, str]:
+    """The environment `microscope demo` and `microscope serve` run in for a demo store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSCOPE_")}
+    env["MICROSCOPE_DATA_DIR"] = str(folder)
+    if backend == "postgres":
+        env["MICROSCOPE_DATABASE_URL"] = _schema_url(schema)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def ensure_demo(backend: str, folder: Path | None = None, schema: str = DEMO_SCHEMA) -> tuple[Path, dict[str, str]]:
+    """The demo store for `backend` (SQLite in the folder, or Postgres in `schema` with blobs in
+    the folder): built by `microscope demo --no-serve` the first time, reused afterwards."""
+    folder = folder or DEMO_ROOT / f"web-demo-{backend}"
+    env = demo_environment(backend, folder, schema)
+    if not (folder / DEMO_BUILT).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        if backend == "postgres":
+            from sqlalchemy import create_engine, pool
+
+            admin = create_engine(POSTGRES_URL, poolclass=pool.NullPool)
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            admin.dispose()
+        print(f"building the demo store in {folder} ({backend}); this takes minutes", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve"], env=env, cwd=REPO, check=True,
+                       stdout=sys.stderr)
+        (folder / DEMO_BUILT).write_text(env.get("MICROSCOPE_DATABASE_URL", "sqlite") + "\n")
+    return folder, env
+
+
+def demo_unit_paths(env: dict[str, str]) -> list[str]:
+    """Every unit page of the layers the demo computed (each model's last layer)."""
+    sys.path.insert(0, str(REPO))
+    from sqlalchemy import exists, select
+
+    from app.settings import Settings
+    from store.models import DatasetExample, Layer, Unit
+    from store.session import make_engine
+
+    settings = Settings(data_dir=env["MICROSCOPE_DATA_DIR"], database_url=env.get("MICROSCOPE_DATABASE_URL", ""))
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            has_examples = exists().where(DatasetExample.unit_id == Unit.id, Unit.layer_id == Layer.id)
+            layers = conn.execute(select(Layer.model_id, Layer.name, Layer.units).where(has_examples)
+                                  .order_by(Layer.model_id, Layer.name)).all()
+    finally:
+        engine.dispose()
+    if not layers:
+        raise RuntimeError(f"the demo store at {settings.database_url} has no dataset examples; delete its folder and rerun")
+    return [f"/models/{model}/{layer}/{i}" for model, layer, units in layers for i in range(units)]
+
+
+@contextmanager
+def serve_command(env: dict[str, str], log_path: Path, workers: int = 1, launcher: str = "microscope") -> Iterator[tuple[str, int]]:
+    """The server as a user starts it, `microscope serve --workers N` (or, with launcher
+    "uvicorn", uvicorn's own command line, for code that predates that option), on a free
+    loopback port until the block ends: its base URL and process id."""
+    from tests.server import _wait_ready, free_port
+
+    port = free_port()
+    if launcher == "microscope":
+        command = [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+                   *(["--workers", str(workers)] if workers != 1 else [])]
+    else:
+        command = [sys.executable, "-m", "uvicorn", "app.server:create_app", "--factory", "--host", "127.0.0.1",
+                   "--port", str(port), "--no-access-log", "--log-level", "warning", "--workers", str(workers)]
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        # Its own process group: uvicorn's worker processes end with it.
+        server = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_ready(url + "/healthz", server, log_path, 180)
+            yield url, server.pid
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+@contextmanager
+def serve_demo(backend: str, workers: int = 1, launcher: str = "microscope", folder: Path | None = None,
+               schema: str = DEMO_SCHEMA) -> Iterator[Server]:
+    """The demo's store (built once, see ensure_demo) served with `workers` processes."""
+    folder, env = ensure_demo(backend, folder, schema)
+    paths = demo_unit_paths(env)
+    with serve_command(env, folder / f"server-{backend}-{workers}.log", workers, launcher) as (base, pid):
+        yield Server(base, backend, paths, pid)
 
 
 def load_tool(preferred: str = "auto") -> str:

@@ -1,12 +1,15 @@
 """Throughput of the unit JSON endpoint against /healthz, in the same run.
 
-Target (issue 5): unit JSON requests/s >= 0.5x /healthz requests/s, on SQLite and on Postgres.
-The server runs in its own process on loopback (as `microscope serve` runs it); the load comes
-from another process (wrk, or benchmarks/loadgen.py where wrk is missing). The two endpoints
-are measured in alternating rounds so that drifts in the machine's load hit both alike; the
-ratio is of the medians. Prints one JSON object.
+Target: unit JSON requests/s >= 0.5x /healthz requests/s, on SQLite and on Postgres. The
+clients cycle through every unit of the store: the test suite's made-up store (`--store
+sample`) or the demo's (`--store demo`, served by `microscope serve --workers N`; see
+web_latency.py). The server runs in its own process(es) on loopback; the load comes from
+another process (wrk, or benchmarks/loadgen.py where wrk is missing). The two endpoints are
+measured in alternating rounds so that drifts in the machine's load hit both alike; the ratio
+is of the medians. Prints one JSON object.
 
-    python benchmarks/web_throughput.py [--backend sqlite --backend postgres] [--duration 10] [--rounds 3]
+    python benchmarks/web_throughput.py [--backend sqlite --backend postgres] [--duration 10] [--rounds 3] \
+        [--store demo --workers 2]
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._web import load_tool, machine, run_load, serve  # noqa: E402
+from benchmarks._web import DEMO_SCHEMA, load_tool, machine, run_load, serve, serve_demo  # noqa: E402
 
 TARGET = 0.5
 
 
-def measure(backend: str, duration: float, rounds: int, connections: int, tool: str) -> dict:
-    with serve(backend) as server:
+def measure(backend: str, duration: float, rounds: int, connections: int, tool: str, args: argparse.Namespace) -> dict:
+    server_cm = serve_demo(backend, args.workers, folder=args.demo_dir, schema=args.demo_schema) if args.store == "demo" else serve(backend)
+    with server_cm as server:
         unit_json = ["/api/v1" + path for path in server.unit_paths]
         run_load(server.url, ["/healthz"], connections=connections, duration=min(duration, 3), tool=tool)  # warm up
         run_load(server.url, unit_json, connections=connections, duration=min(duration, 3), tool=tool)
@@ -55,12 +59,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="Seconds per measurement.")
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of each endpoint.")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--store", choices=["sample", "demo"], default="sample")
+    parser.add_argument("--workers", type=int, default=1, help="Server processes, `microscope serve --workers` (demo store).")
+    parser.add_argument("--demo-dir", type=Path, help="Folder of the demo store (default $TMPDIR/web-demo-BACKEND).")
+    parser.add_argument("--demo-schema", default=DEMO_SCHEMA, help="Postgres schema of the demo store.")
     parser.add_argument("--tool", choices=["auto", "wrk", "loadgen"], default="auto")
     args = parser.parse_args()
     tool = load_tool(args.tool)
-    results = [measure(b, args.duration, args.rounds, args.connections, tool) for b in (args.backend or ["sqlite", "postgres"])]
-    print(json.dumps({"benchmark": "web_throughput", "tool": tool, "connections": args.connections, "duration_s": args.duration,
-                      "machine": machine(), "results": results}, indent=2))
+    results = [measure(b, args.duration, args.rounds, args.connections, tool, args) for b in (args.backend or ["sqlite", "postgres"])]
+    print(json.dumps({"benchmark": "web_throughput", "store": args.store, "tool": tool, "connections": args.connections,
+                      "workers": args.workers, "duration_s": args.duration, "machine": machine(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -358,12 +358,16 @@ def toy_eval(
 def serve(
     host: Annotated[Optional[str], typer.Option(help="Interface to bind (default: settings).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (default: settings).")] = None,
+    workers: Annotated[int, typer.Option(help="Server processes sharing the port; about one per CPU core.")] = 1,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
 ) -> None:
     """Start the web server (FastAPI under uvicorn)."""
     from app.server import run
 
+    if workers < 1:
+        _fail("--workers must be at least 1")
     updates = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
-    run(get_settings().model_copy(update=updates))
+    run(get_settings().model_copy(update=updates), workers=workers, access_log=access_log)
 
 
 @app.command("demo")

@@ -376,6 +376,21 @@ _COLLECTIONS_OF = (
 )
 
 
+_RESULTS_GENERATION = select(
+    func.count(Job.id), func.coalesce(func.sum(Job.cursor), 0), func.coalesce(func.sum(Job.done_items), 0), func.max(Job.updated_at)
+)
+
+
+def results_generation(session: Session) -> tuple[Any, ...]:
+    """A fingerprint of what the precompute jobs wrote, cheap enough to read on every view.
+
+    The job loop commits a job's results in the same transaction as its row's cursor, progress
+    and heartbeat, and resets and deletions change the row too; so any change to the results
+    changes this, in every server process at once. Read it before the results it vouches for.
+    """
+    return tuple(session.execute(_RESULTS_GENERATION).one())
+
+
 def annotations_of(session: Session, unit_id: int) -> list[dict[str, Any]]:
     return [dict(row) for row in session.execute(_ANNOTATIONS_OF, {"unit_id": unit_id}).mappings()]
 

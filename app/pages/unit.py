@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import defaultdict
+from collections.abc import Hashable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -119,7 +121,10 @@ def nearest_units(
     k: int = NEAREST_UNITS,
 ) -> dict[str, Any]:
     """The units of the same layer most like this one, by the first basis that is stored:
-    second-order directions, then word-activation profiles, then decomposition terms."""
+    second-order directions, then word-activation profiles, then decomposition terms.
+
+    Labels are left out (None): they change with every edit, so the page reads them on each
+    view (`with_labels`), while this part lasts as long as the jobs' results."""
     index = unit["index"]
     found: list[tuple[int, float]] = []
     basis = None
@@ -134,7 +139,7 @@ def nearest_units(
             matrix = cache.directions(session, layer_id)
             row = matrix.row_of(index) if matrix else None
         if matrix is not None and row is not None:
-            basis, found = "direction", matrix.nearest(matrix.vectors[row], k, exclude=index)
+            basis, found = "direction", matrix.neighbours(index, k)
     if basis is None:
         for embedding in queries.word_embeddings(session, layer_id=layer_id)[:1]:
             try:
@@ -142,14 +147,12 @@ def nearest_units(
             except MissingBlob:
                 lost.append("the layer's word embedding")
                 continue
-            row = profiles.row_of(index)
-            if row is not None:
-                basis, found = "word_embedding", profiles.nearest(profiles.vectors[row], k, exclude=index)
+            if profiles.row_of(index) is not None:
+                basis, found = "word_embedding", profiles.neighbours(index, k)
     if basis is None:
         matrix = cache.decompositions(session, layer_id)
-        row = matrix.row_of(index) if matrix else None
-        if matrix is not None and row is not None:
-            basis, found = "decomposition", matrix.nearest(matrix.vectors[row], k, exclude=index)
+        if matrix is not None and matrix.row_of(index) is not None:
+            basis, found = "decomposition", matrix.neighbours(index, k)
     neighbours = queries.unit_ids_by_index(session, layer_id, [i for i, _ in found])
     thumbs = unit_thumbnails(session, urls, [neighbours[i]["id"] for i, _ in found if i in neighbours])
     units = []
@@ -159,7 +162,7 @@ def nearest_units(
             {
                 "index": i,
                 "similarity": round(similarity, 5),
-                "label": row["label"] if row else None,
+                "label": None,
                 **(thumbs.get(row["id"], NO_THUMBNAIL) if row else NO_THUMBNAIL),
                 **urls.unit_links(model_id, layer_name, i),
             }
@@ -168,6 +171,12 @@ def nearest_units(
     if lost:
         explanation += f" ({' and '.join(lost)} {'is' if len(lost) == 1 else 'are'} stored, but missing from the blob store)"
     return {"basis": basis, "explanation": explanation, "units": units}
+
+
+def with_labels(session: Session, layer_id: int, nearest: dict[str, Any]) -> dict[str, Any]:
+    """`nearest` with its units' current labels (one query), leaving the cached dict as it is."""
+    labels = {i: row["label"] for i, row in queries.unit_ids_by_index(session, layer_id, [u["index"] for u in nearest["units"]]).items()}
+    return {**nearest, "units": [{**u, "label": labels.get(u["index"])} for u in nearest["units"]]}
 
 
 def _unit_results(
@@ -188,6 +197,17 @@ def _unit_results(
     }
 
 
+# The parts of a unit page that only the precompute jobs change (cached under the generation).
+RESULT_PARTS = ("featureviz", "examples", "buckets", "words", "decomposition")
+
+
+def unit_view_key(page: dict[str, Any], generation: Hashable) -> tuple[Hashable, ...]:
+    """What a rendered unit page depends on besides the request: the results by the generation
+    they were read under, and everything else as it is now (label, statistics, notes,
+    collections, neighbours and their labels)."""
+    return (generation, repr({key: value for key, value in page.items() if key not in RESULT_PARTS}))
+
+
 def _neighbour(urls: Urls, model_id: str, layer_name: str, index: int, units: int) -> dict[str, Any] | None:
     if not 0 <= index < units:
         return None
@@ -196,12 +216,17 @@ def _neighbour(urls: Urls, model_id: str, layer_name: str, index: int, units: in
 
 def unit_page(
     session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, urls: Urls,
-    results: TTLCache | None = None, word_list: str | None = None,
+    results: TTLCache | None = None, word_list: str | None = None, generation: Hashable = None,
 ) -> dict[str, Any]:
     """The unit page. With `results`, what the jobs wrote (visualizations, examples, words,
-    decompositions, neighbours) is reused for the cache's lifetime; the unit row (label,
-    statistics), its notes and its collections are read on every view. `word_list` picks
-    the one word list whose top words are shown (default: all, the model's default first)."""
+    decompositions, neighbours) is reused until a job commits anything (in any process; see
+    queries.results_generation) or the cache's lifetime ends; the unit row (label,
+    statistics), its notes, its collections and its neighbours' labels are read on every view.
+    `word_list` picks the one word list whose top words are shown (default: all, the model's
+    default first). `generation` is the caller's reading of queries.results_generation, if it
+    has one."""
+    if results is not None and generation is None:
+        generation = queries.results_generation(session)
     unit = queries.unit_core(session, model_id, layer_name, index)
     if unit is None:
         require_model(session, model_id)
@@ -213,8 +238,15 @@ def unit_page(
     def load() -> dict[str, Any]:
         return _unit_results(session, cache, unit, spatial, model_id, layer_name, urls)
 
-    key = ("unit", unit["layer_id"], unit["id"], unit["direction_uri"], urls.base)
-    parts = results.get(key, load) if results is not None else load()
+    if results is None:
+        parts = load()
+    else:
+        # Cached pickled: a demo's 1,280 units are ~350,000 small dicts and lists that Python's
+        # collector would otherwise walk on each full collection (a pause of hundreds of ms for
+        # every request in flight); unpickling one unit's parts takes a fraction of a millisecond.
+        key = ("unit", unit["layer_id"], unit["id"], unit["direction_uri"], urls.base)
+        parts = pickle.loads(results.get(key, lambda: pickle.dumps(load(), pickle.HIGHEST_PROTOCOL), stamp=generation))
+    parts = {**parts, "nearest": with_labels(session, unit["layer_id"], parts["nearest"])}
     uid = unit["id"]
     notes = [
         {**row, "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"])}
