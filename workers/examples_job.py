@@ -366,7 +366,7 @@ def _finalize_layer(sessions, states: StateStore, blobs: BlobStore, loaded, requ
         threads = request.threads or torch.get_num_threads()
         # The crop threads run small torch ops (the model's preprocess) side by side: one intra-op
         # thread each, or they queue for each other's thread pool.
-        with ThreadPoolExecutor(threads, thread_name_prefix="microscope-crops") as pool, _torch_threads(1):
+        with _torch_threads(1), ThreadPoolExecutor(threads, thread_name_prefix="microscope-crops") as pool:
             crops = (_Crops(loaded, blobs, spec, {item[0]: item[3] for item in items}, request.crop_size, results, cursor,
                             pool) if spec.spatial else None)
             run_pass(sessions, _ResultWrites(request, spec, results, unit_id_of, image_of, crops), rows, spec.units,
@@ -406,7 +406,7 @@ class _ResultWrites:
 
     def compute(self, batch, names: list[str]) -> None:
         if self.crops is not None:
-            self.crops.make(batch.start, batch.stop, min(self.spec.units, 2 * batch.stop - batch.start))
+            self.crops.make(batch.start, batch.stop, min(self.spec.units, batch.stop + self.chunk))
         self.pending = self._rows(batch.start, batch.stop)
 
     def save(self, name: str, cursor: int, done: bool) -> Checkpoint:
@@ -520,7 +520,7 @@ def run_examples(store: StoreConfig, request: ExamplesRequest, *, show_progress:
             images_per_second=round(processed / pass_seconds, 2) if pass_seconds > 0 and processed else None,
             units_written=written,
             write_seconds=round(write_seconds, 2),
-            units_per_second=round(written / write_seconds, 2) if write_seconds > 0 and written else None,
+            write_units_per_second=round(written / write_seconds, 2) if write_seconds > 0 and written else None,
             images_decoded=sum(v.get("images_decoded", 0) for v in layer_summaries.values()),
             crops_encoded=sum(v.get("crops_encoded", 0) for v in layer_summaries.values()),
             seconds=round(time.monotonic() - started, 2),

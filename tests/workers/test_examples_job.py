@@ -256,7 +256,7 @@ def test_each_crop_is_made_once_and_each_image_decoded_once(migrated_url, tmp_pa
             assert calls[png_bytes] == len(boxes)
             assert calls[model_view] == len(images)
             assert summary["crops_encoded"] == len(boxes) and summary["images_decoded"] == len(images)
-            assert summary["units_written"] == spec.units and summary["units_per_second"] > 0
+            assert summary["units_written"] == spec.units and summary["write_units_per_second"] > 0
 
             crop_of = {}
             for _, image_id, position, uri in rows:
