@@ -50,11 +50,16 @@ def cell_box(layer: LayerSpec, image_size: int, flat_position: int) -> tuple[int
 
 
 def model_view(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> Image.Image:
-    """The preprocessed (3, S, S) tensor as the RGB image the model saw."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    pixels = (tensor.detach().float().cpu() * std_t + mean_t).clamp_(0, 1).mul_(255).round_()
-    return Image.fromarray(pixels.to(torch.uint8).permute(1, 2, 0).numpy())
+    """The preprocessed (3, S, S) tensor as the RGB image the model saw.
+
+    Computed in numpy, in float32 like the model's input: on a tensor this small, torch's
+    intra-op threads cost more in hand-offs than the arithmetic itself, badly so on a busy
+    machine. Rounding is half to even, as torch rounds."""
+    array = tensor.detach().float().cpu().numpy()
+    mean_a = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std_a = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    pixels = np.rint(np.clip(array * std_a + mean_a, 0.0, 1.0) * np.float32(255.0))
+    return Image.fromarray(np.ascontiguousarray(pixels.astype(np.uint8).transpose(1, 2, 0)))
 
 
 def crop(view: Image.Image, box: tuple[int, int, int, int], size: int = DEFAULT_CROP_SIZE) -> Image.Image:

@@ -18,13 +18,17 @@ Merge. When all shards of a layer are done, their accumulators merge in shard or
 exactly, moments in a fixed order) and a second pass of the loop, over units, writes the
 results in chunks, each chunk in one transaction with the merge job's cursor: examples with
 crops of the region around the maximum, buckets, and unit statistics with the histogram.
+Crops repeat across units, so each (image, box) is encoded and stored once and each image
+decoded once, by a thread pool that works a chunk ahead of the database writes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -272,39 +276,65 @@ def _release_orphans(sessions, request: ExamplesRequest, layers: list[str]) -> N
 
 # -- merge and write ------------------------------------------------------------------------------------
 class _Crops:
-    """Crops of the model view around spatial maxima, content-addressed, each made once."""
+    """Crops of the model view around the spatial maxima of a layer's examples, content-addressed.
 
-    def __init__(self, loaded, blobs: BlobStore, spec: LayerSpec, uri_of: dict[int, str], size: int) -> None:
-        self.loaded, self.blobs, self.spec, self.uri_of, self.size = loaded, blobs, spec, uri_of, size
-        self.done: dict[tuple[int, int], str | None] = {}
-        self.views: OrderedDict[int, Any] = OrderedDict()
+    A crop depends only on the image and its box, and neighbouring grid cells of a coarse
+    layer share boxes (toy-rn's 2x2 layer4 has one), so each (image, box) is cut and encoded
+    once, and each image is decoded once: when the first unit that needs an image is about
+    to be written, every box that the units still to write need of it is made. Images are
+    worked on by a thread pool: decoding, resizing, PNG encoding and file writes release the
+    GIL. The images of the next chunk of units are made while a chunk is written."""
+
+    def __init__(self, loaded, blobs: BlobStore, spec: LayerSpec, uri_of: dict[int, str], size: int, results,
+                 first_unit: int, pool: ThreadPoolExecutor) -> None:
+        self.loaded, self.blobs, self.uri_of, self.size, self.pool = loaded, blobs, uri_of, size, pool
         cfg = loaded.preprocess_cfg
         self.mean, self.std = cfg.get("mean", (0.0, 0.0, 0.0)), cfg.get("std", (1.0, 1.0, 1.0))
+        h, w = spec.spatial
+        self.box_of_cell = [cell_box(spec, loaded.spec.image_size, cell) for cell in range(h * w)]
+        self.boxes_of: dict[int, dict[tuple[int, int, int, int], None]] = {}  # image position -> its boxes, in order
+        self.first_needed: dict[int, list[int]] = {}  # unit -> the images it is the first to need
+        for unit in range(first_unit, spec.units):
+            for positions, args in ((results.top_positions, results.top_args), (results.bottom_positions, results.bottom_args)):
+                for position, arg in zip(positions[unit].tolist(), args[unit].tolist()):
+                    if position not in self.boxes_of:
+                        self.boxes_of[position] = {}
+                        self.first_needed.setdefault(unit, []).append(position)
+                    self.boxes_of[position][self.box_of_cell[arg]] = None
+        self.uris: dict[tuple[int, tuple[int, int, int, int]], str | None] = {}
+        self.ahead: tuple[int, list] | None = None  # (first unit, images in the making) of the next chunk
+        self.images_decoded = 0
+        self.crops_encoded = 0
 
-    def _view(self, position: int):
-        if position in self.views:
-            self.views.move_to_end(position)
-            return self.views[position]
+    def make(self, begin: int, end: int, next_end: int) -> None:
+        """Make the crops that units [begin, end) are the first to need, and start on those of
+        [end, next_end) in the background, so they are made while this chunk is written."""
+        if self.ahead is not None and self.ahead[0] == begin:
+            pending = self.ahead[1]
+        else:
+            pending = self._submit(begin, end)
+        self.ahead = (end, self._submit(end, next_end))
+        for position, future in pending:
+            self.images_decoded += 1
+            for box, uri in future.result().items():
+                self.uris[(position, box)] = uri
+                self.crops_encoded += uri is not None
+
+    def _submit(self, begin: int, end: int) -> list:
+        positions = [position for unit in range(begin, end) for position in self.first_needed.pop(unit, ())]
+        return [(position, self.pool.submit(self._crops_of, position)) for position in positions]
+
+    def _crops_of(self, position: int) -> dict[tuple[int, int, int, int], str | None]:
+        boxes = self.boxes_of.pop(position)
         try:
             image = decode_image(self.blobs.get(self.uri_of[position]))
             view = model_view(self.loaded.preprocess(image), self.mean, self.std)
         except Exception:  # an image that vanished or broke since the pass: no crop
-            view = None
-        self.views[position] = view
-        if len(self.views) > 256:
-            self.views.popitem(last=False)
-        return view
+            return {box: None for box in boxes}
+        return {box: self.blobs.put(png_bytes(crop(view, box, self.size)), ".png") for box in boxes}
 
     def uri(self, position: int, arg: int) -> str | None:
-        key = (position, arg)
-        if key not in self.done:
-            view = self._view(position)
-            if view is None:
-                self.done[key] = None
-            else:
-                box = cell_box(self.spec, self.loaded.spec.image_size, arg)
-                self.done[key] = self.blobs.put(png_bytes(crop(view, box, self.size)), ".png")
-        return self.done[key]
+        return self.uris[(position, self.box_of_cell[arg])]
 
 
 def _finalize_layer(sessions, states: StateStore, blobs: BlobStore, loaded, request: ExamplesRequest, layer: str,
@@ -319,6 +349,7 @@ def _finalize_layer(sessions, states: StateStore, blobs: BlobStore, loaded, requ
             raise MicroscopeError(f"shards of {layer} are not all done; re-run to finish them")
         layer_row = repository.get_layer(session, request.model_id, layer)
         unit_id_of = repository.unit_ids(session, layer_row.id)
+    started = time.monotonic()
     with claimed(sessions, {layer: merge}, MERGE_KIND) as rows:
         accumulators = [LayerAccumulator.from_state(*states.load(job.state_uri)) for job in jobs]
         merged = merge_all(accumulators)
@@ -331,13 +362,32 @@ def _finalize_layer(sessions, states: StateStore, blobs: BlobStore, loaded, requ
         image_of[positions] = [item[1] for item in items]
         results = merged.results(key_of)
         del accumulators, merged
-        crops = _Crops(loaded, blobs, spec, {item[0]: item[3] for item in items}, request.crop_size) if spec.spatial else None
-        run_pass(sessions, _ResultWrites(request, spec, results, unit_id_of, image_of, crops), rows, spec.units,
-                 Cadence(every=1), progress)
+        cursor = rows[layer].cursor
+        threads = request.threads or torch.get_num_threads()
+        # The crop threads run small torch ops (the model's preprocess) side by side: one intra-op
+        # thread each, or they queue for each other's thread pool.
+        with _torch_threads(1), ThreadPoolExecutor(threads, thread_name_prefix="microscope-crops") as pool:
+            crops = (_Crops(loaded, blobs, spec, {item[0]: item[3] for item in items}, request.crop_size, results, cursor,
+                            pool) if spec.spatial else None)
+            run_pass(sessions, _ResultWrites(request, spec, results, unit_id_of, image_of, crops), rows, spec.units,
+                     Cadence(every=1), progress)
+    seconds = time.monotonic() - started
     keep = {job.state_uri for job in jobs}
     for job in jobs:
         states.cleanup(f"{KIND}-{job.id}-", keep)
-    return {"images": results.count, "skipped": results.skipped}
+    return {"images": results.count, "skipped": results.skipped, "units_written": spec.units - cursor,
+            "write_seconds": seconds, "images_decoded": crops.images_decoded if crops else 0,
+            "crops_encoded": crops.crops_encoded if crops else 0}
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _ResultWrites:
@@ -355,6 +405,8 @@ class _ResultWrites:
         return spans(start, self.spec.units, self.chunk)
 
     def compute(self, batch, names: list[str]) -> None:
+        if self.crops is not None:
+            self.crops.make(batch.start, batch.stop, min(self.spec.units, batch.stop + self.chunk))
         self.pending = self._rows(batch.start, batch.stop)
 
     def save(self, name: str, cursor: int, done: bool) -> Checkpoint:
@@ -458,12 +510,19 @@ def run_examples(store: StoreConfig, request: ExamplesRequest, *, show_progress:
             finally:
                 progress.close()
         processed = sum(s["images"] for s in shard_summaries)
+        written = sum(v.get("units_written", 0) for v in layer_summaries.values())
+        write_seconds = sum(v.get("write_seconds", 0.0) for v in layer_summaries.values())
         summary.update(
             status="done",
             processed=processed,
             skipped=max([v.get("skipped", 0) for v in layer_summaries.values()] + [0]),
             pass_seconds=round(pass_seconds, 2),
             images_per_second=round(processed / pass_seconds, 2) if pass_seconds > 0 and processed else None,
+            units_written=written,
+            write_seconds=round(write_seconds, 2),
+            write_units_per_second=round(written / write_seconds, 2) if write_seconds > 0 and written else None,
+            images_decoded=sum(v.get("images_decoded", 0) for v in layer_summaries.values()),
+            crops_encoded=sum(v.get("crops_encoded", 0) for v in layer_summaries.values()),
             seconds=round(time.monotonic() - started, 2),
         )
         return summary

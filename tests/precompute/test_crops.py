@@ -49,3 +49,18 @@ def test_corner_cells_shift_inwards_and_model_view_undoes_normalisation():
     normalised = (image - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     back = np.asarray(model_view(normalised, mean, std)).astype(int)
     np.testing.assert_allclose(back, (image.permute(1, 2, 0).numpy() * 255).round(), atol=1)
+
+
+def test_model_view_rounds_exactly_as_torch_does():
+    """Crops are content-addressed, so the model view must keep its exact pixels: here against
+    the undo-normalisation written in torch, on values that land on every rounding case (halves
+    included) and outside [0, 1]."""
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    halves = (torch.arange(0, 256, dtype=torch.float32) + 0.5) / 255  # k + 0.5 after * 255, give or take an ulp
+    grid = torch.cat([halves, torch.linspace(-0.2, 1.2, 256 * 63)]).view(1, 128, 128).expand(3, 128, 128)
+    noisy = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0))
+    for pixels in (grid, noisy):
+        tensor = (pixels - mean_t) / std_t
+        expected = (tensor * std_t + mean_t).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(np.asarray(model_view(tensor, mean, std)), expected)

@@ -3,14 +3,22 @@ Postgres: every unit gets its examples, statistics, histogram and bucket samples
 
 from __future__ import annotations
 
+import sys
+import threading
+from collections import Counter
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sqlalchemy import select
 
+from store import repository
 from store.blobs import BlobStore
 from store.models import BucketSample, DatasetExample, Job, Layer, StoredImage, Unit
 from store.session import make_engine, make_sessionmaker
+from precompute.crops import cell_box, model_view, png_bytes
 from precompute.errors import MicroscopeError, UnknownLayerError
 from precompute.examples import ExampleParams, ranking_values
 from precompute.images import decode_image
@@ -179,3 +187,104 @@ def test_shard_results_do_not_depend_on_how_the_dataset_is_cut(tmp_path, toys):
     assert_same_store(stores[0], stores[2], moments_rel=1e-12)
     assert len(stores[0]["dataset_examples"]) == 2 * PARAMS.k * (512 + 128)
     assert np.all([row[-1] is not None for row in stores[0]["dataset_examples"]])
+
+
+@contextmanager
+def counted_calls(*functions):
+    """How often each of `functions` runs, in any thread, while the block runs (a profile hook
+    that counts their 'call' events)."""
+    codes = {function.__code__: function for function in functions}
+    calls: list = []  # list.append is atomic: safe from every thread
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            calls.append(codes[frame.f_code])
+
+    threading.setprofile(hook)
+    sys.setprofile(hook)
+    counts: Counter = Counter()
+    try:
+        yield counts
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+        counts.update(calls)
+
+
+def _reference_crop(loaded, image: Image.Image, box, size: int = 128) -> np.ndarray:
+    """The crop as the page shows it, computed here in torch: the model's input with the
+    normalisation undone, the box cut out and resized."""
+    cfg = loaded.preprocess_cfg
+    mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(cfg["std"], dtype=torch.float32).view(3, 1, 1)
+    pixels = (loaded.preprocess(image) * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+    view = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    return np.asarray(view.crop(box).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def _crop_rows(session, model_id: str, layer: str, from_unit: int = 0) -> list[tuple[int, int, int, str]]:
+    """(unit index, image id, grid position, crop URI) of every example of a layer."""
+    return session.execute(
+        select(Unit.index, DatasetExample.image_id, DatasetExample.position, DatasetExample.crop_uri)
+        .join(Unit, Unit.id == DatasetExample.unit_id).join(Layer, Layer.id == Unit.layer_id)
+        .where(Layer.model_id == model_id, Layer.name == layer, Unit.index >= from_unit)
+    ).all()
+
+
+def test_each_crop_is_made_once_and_each_image_decoded_once(migrated_url, tmp_path, toys):
+    """Crops repeat across units: the same image at the same grid cell, or at cells that share
+    a box (toy-rn's layer4 is 2x2 over a 64 px input, so its every cell's box is the whole
+    input). The write phase encodes and stores each (image, box) once and decodes each image
+    once, also when it resumes half-way; every stored crop shows the right pixels."""
+    register_synthetic(migrated_url, tmp_path, "world", 24)
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    engine = make_engine(migrated_url)
+    try:
+        for arch, layer in (("toy-rn", "layer4"), ("toy-vit", "transformer.resblocks.5.mlp")):
+            loaded = toys[arch]
+            spec = loaded.spec.layer(layer)
+            register_random(migrated_url, arch, arch, loaded)
+            with counted_calls(png_bytes, model_view) as calls:
+                summary = examples(migrated_url, tmp_path, loaded, "world", [layer], shards=2)
+            with make_sessionmaker(engine)() as session:
+                rows = _crop_rows(session, arch, layer)
+                uri_of = {image_id: uri for _, image_id, _, uri in repository.dataset_items(session, "world")}
+            boxes = {(image_id, cell_box(spec, loaded.spec.image_size, position)) for _, image_id, position, _ in rows}
+            images = {image_id for _, image_id, _, _ in rows}
+            cells = {(image_id, position) for _, image_id, position, _ in rows}
+            assert len(rows) == spec.units * 2 * PARAMS.k > len(cells) > len(boxes)  # crops do repeat across units
+            assert calls[png_bytes] == len(boxes)
+            assert calls[model_view] == len(images)
+            assert summary["crops_encoded"] == len(boxes) and summary["images_decoded"] == len(images)
+            assert summary["units_written"] == spec.units and summary["write_units_per_second"] > 0
+
+            crop_of = {}
+            for _, image_id, position, uri in rows:
+                box = cell_box(spec, loaded.spec.image_size, position)
+                assert crop_of.setdefault((image_id, box), uri) == uri  # one blob per (image, box)
+            for (image_id, box), uri in sorted(crop_of.items())[:: max(1, len(crop_of) // 12)]:
+                expected = _reference_crop(loaded, decode_image(blobs.get(uri_of[image_id])), box)
+                np.testing.assert_array_equal(np.asarray(decode_image(blobs.get(uri))), expected)
+
+        # Resume toy-vit's writes at its second chunk of units, with the crops gone from the store:
+        # only what the remaining units show is made again, and the rows are the same.
+        before = snapshot(migrated_url)
+        for uri in {uri for *_, uri in rows}:
+            blobs.fs.rm(blobs.path_for(blobs.blob_name(uri)))
+        with make_sessionmaker(engine)() as session:
+            merge = session.scalar(select(Job).where(Job.kind == "examples-merge", Job.model_id == "toy-vit"))
+            repository.checkpoint_job(session, merge.id, 256, None)
+            repository.reset_job(session, merge.id)
+            session.commit()
+        with counted_calls(png_bytes, model_view) as calls:
+            summary = examples(migrated_url, tmp_path, loaded, "world", [layer], shards=2)
+        assert summary["units_written"] == spec.units - 256
+        assert_same_store(before, snapshot(migrated_url))
+        with make_sessionmaker(engine)() as session:
+            rest = _crop_rows(session, "toy-vit", layer, from_unit=256)
+        assert calls[png_bytes] == len({(image_id, cell_box(spec, loaded.spec.image_size, position))
+                                        for _, image_id, position, _ in rest}) < len(boxes)
+        assert calls[model_view] == len({image_id for _, image_id, _, _ in rest})
+        assert all(blobs.exists(uri) for *_, uri in rest)
+    finally:
+        engine.dispose()
