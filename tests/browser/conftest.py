@@ -100,7 +100,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 @pytest.fixture(scope="session")
-def browser(site: Site) -> Iterator[object]:
+def browser() -> Iterator[object]:
+    # One Playwright for the whole run: a second sync_playwright() in the same thread, while
+    # this one lives, refuses to start.
+    _require_browser()
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, _require_browser, shot
+from tests.browser.conftest import _require_browser, shot
 from tests.server import served
 from tests.world_words import ENGLISH_LIST, FINAL_LAYERS, WORLD_LIST, build_world_words_store, cli_env, colour_units
 
@@ -31,18 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = cli_env(url, folder)
     with served(env, folder / "server.log") as base:
         yield base
-
-
-@pytest.fixture
-def page(server: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium.new_context(viewport={"width": 1366, "height": 768}, java_script_enabled=False).new_page()
-        finally:
-            chromium.close()
 
 
 def top_words(page: Any) -> tuple[str, list[str]]:
