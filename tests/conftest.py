@@ -9,6 +9,7 @@ broken pipeline, so it fails instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import uuid
@@ -49,8 +50,8 @@ def require_postgres() -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def postgres_schema_url() -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_postgres_schema() -> Iterator[str]:
     """URL of a fresh, empty Postgres schema, dropped with everything in it afterwards."""
     require_postgres()
     schema = f"t_{uuid.uuid4().hex[:16]}"
@@ -67,6 +68,12 @@ def postgres_schema_url() -> Iterator[str]:
             conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_schema_url() -> Iterator[str]:
+    with fresh_postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

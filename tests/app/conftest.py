@@ -11,21 +11,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, pool
-from sqlalchemy.engine import make_url
 
 from app.server import create_app
 from app.settings import Settings
-from tests.conftest import POSTGRES_URL, require_postgres
+from tests.conftest import fresh_postgres_schema
 from tests.job_store import JobStore, fill_with_jobs
 from tests.sample_store import Populated, create_token, populate
 
@@ -51,20 +48,8 @@ class Store:
 
 
 def _postgres_schema() -> tuple[str, Any]:
-    require_postgres()
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(POSTGRES_URL, poolclass=pool.NullPool)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-
-    def drop() -> None:
-        with admin.begin() as conn:
-            conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
-
-    return url.render_as_string(hide_password=False), drop
+    schema = ExitStack()
+    return schema.enter_context(fresh_postgres_schema()), schema.close
 
 
 def _database(backend: str, folder: Path) -> tuple[str, Any]:

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import Engine, create_engine, event, pool, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, event, select
 
 from app.server import create_app
 from app.settings import Settings
@@ -28,7 +27,7 @@ from store.blobs import BlobStore
 from store.models import DatasetExample, FeatureViz, Layer, StoredImage, Unit
 from store.session import make_engine, make_sessionmaker
 from tests.app.html import Node, parse
-from tests.conftest import POSTGRES_URL, require_postgres
+from tests.conftest import fresh_postgres_schema
 from tests.sample_store import create_token
 from tests.workers.precompute_helpers import register_synthetic, single_thread, store_config
 
@@ -58,18 +57,8 @@ def _database(backend: str, folder: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{folder / 'microscope.db'}"
         return
-    require_postgres()
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(POSTGRES_URL, poolclass=pool.NullPool)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
+    with fresh_postgres_schema() as url:
+        yield url
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:
