@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -162,7 +161,7 @@ def serve_command(env: dict[str, str], log_path: Path, workers: int = 1, launche
     """The server as a user starts it, `microscope serve --workers N` (or, with launcher
     "uvicorn", uvicorn's own command line, for code that predates that option), on a free
     loopback port until the block ends: its base URL and process id."""
-    from tests.server import _wait_ready, free_port
+    from tests.server import _wait_ready, free_port, stop_group
 
     port = free_port()
     if launcher == "microscope":
@@ -179,12 +178,7 @@ def serve_command(env: dict[str, str], log_path: Path, workers: int = 1, launche
             _wait_ready(url + "/healthz", server, log_path, 180)
             yield url, server.pid
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            stop_group(server)
 
 
 @contextmanager

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,3 +65,14 @@ def _wait_ready(url: str, server: subprocess.Popen, log_path: Path, timeout: flo
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not answer {url} within {timeout:g} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.3)
+
+
+def stop_group(server: subprocess.Popen) -> None:
+    """End a server started in its own process group (`start_new_session=True`), its worker
+    processes with it: SIGTERM, then SIGKILL if it has not gone in 20 s."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

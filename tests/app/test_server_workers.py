@@ -5,7 +5,6 @@ whichever process answers it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from store import annotations, repository
 from store.models import Unit, WordActivation
 from store.session import make_engine, make_sessionmaker, session_scope
 from tests.sample_store import WORD_LIST, populate
-from tests.server import REPO, _wait_ready, free_port
+from tests.server import REPO, _wait_ready, free_port, stop_group
 
 WORKERS = 2
 READS = 40
@@ -45,12 +44,7 @@ def serve_workers(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, su
                 time.sleep(0.2)
             yield url, server
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            stop_group(server)
 
 
 def _cpu_ticks(server: subprocess.Popen) -> dict[int, int]:
