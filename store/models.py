@@ -332,6 +332,26 @@ class FeatureViz(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class DirectionSet(Base):
+    """A layer's neuron directions in the joint image-text space, over one dataset.
+
+    One blob per layer (an .npz with `units`, `directions`, `mean_effects`, `thresholds`), so a
+    live page loads a whole layer in one read; see store/directions.py.
+    """
+
+    __tablename__ = "direction_sets"
+    __table_args__ = (UniqueConstraint("layer_id", "dataset_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id", ondelete="CASCADE"))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    blob_uri: Mapped[str] = mapped_column(Text)  # a blob name
+    paths: Mapped[str] = mapped_column(String(64))  # which contributions the effects include
+    dimension: Mapped[int] = mapped_column(Integer)
+    image_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class TextPool(Base):
     """A pool of texts that sparse decompositions draw from."""
 
