@@ -211,11 +211,13 @@ class _VitLens:
         return torch.cat(parts, dim=1).contiguous()
 
     # -- one batch --------------------------------------------------------------------------------
-    def _forward(self, images: torch.Tensor) -> dict:
+    def hooks(self, record: dict) -> list:
+        """Forward hooks that keep, in `record`, what this layer's effects need of a forward pass:
+        the layer's activations, the later attention inputs and the final LayerNorm's statistics."""
         visual = self.visual
         blocks = visual.transformer.resblocks
         batch_first = getattr(visual.transformer, "batch_first", True)
-        record: dict = {"ln_1": {}}
+        record["ln_1"] = {}
 
         def tokens_first(x: torch.Tensor) -> torch.Tensor:
             return x if batch_first else x.transpose(0, 1)
@@ -235,12 +237,7 @@ class _VitLens:
                    visual.ln_post.register_forward_hook(on_ln_post)]
         if self.second:
             handles += [blocks[later].ln_1.register_forward_hook(on_ln_1(later)) for later in self.later]
-        try:
-            record["rep"] = visual(images).float()
-        finally:
-            for handle in handles:
-                handle.remove()
-        return record
+        return handles
 
     def _queries(self, tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The pooled tokens and their weights in the pooled embedding."""
@@ -259,8 +256,8 @@ class _VitLens:
         scores = torch.einsum("bqhe,bthe->bhqt", q, k) / math.sqrt(head_dim)
         return scores.softmax(dim=-1)
 
-    def effects(self, images: torch.Tensor) -> torch.Tensor:
-        record = self._forward(images)
+    def compute(self, record: dict, rep: torch.Tensor) -> torch.Tensor:
+        """The effects [B, N, d] from what the hooks kept and the embedding `rep`."""
         p = record["p"]  # [B, T, N]
         batch, tokens, _ = p.shape
         device = p.device
@@ -272,53 +269,58 @@ class _VitLens:
         pooled = weights / qstd  # [B, Q]: each pooled token's weight over its final-LN scale
         blocks = self.visual.transformer.resblocks
         components = 1 + 2 * self.depth  # what adds into the final LayerNorm's input
-        n_neurons = self.width
+        n_neurons, dim = self.width, self.dim
         gamma_post = self.visual.ln_post.weight.detach().float()
         beta_post = self.visual.ln_post.bias.detach().float()
         c_bias = blocks[self.index].mlp.c_proj.bias.detach().float() / n_neurons  # each neuron's share
+        pooled_sum = pooled.sum(dim=1)  # [B]
+        pooled_mean = (pooled * qmean).sum(dim=1)  # [B]
 
-        coefficients = []  # [B, T] per map j
-        share = torch.zeros(batch, self.dim, device=device)  # one neuron's share, before the projection
+        coefficients = []  # [B, ., T] per map j
+        # One neuron's share of the biases and LayerNorm means, at the final LayerNorm's output
+        # (pooled over the queries), before the projection. Every share is a per-image scalar
+        # times a fixed vector, so it is summed as such, never per token.
+        share = torch.zeros(batch, dim, device=device)
         if self.second:
             for later in self.later:
                 block = blocks[later]
                 (mean_1, std_1), y = record["ln_1"][later]  # [B, T], [B, T], [B, T, D]
                 a = self._attention(block, y, queries)  # [B, H, Q, T]
+                alpha = torch.einsum("bq,bhqt->bht", pooled, a)  # [B, H, T]
                 # coefficient of neuron n: sum_q w_q/s_post(q) sum_t a(q, t) p_n(t) / s_1(t)
-                coefficients.append(torch.einsum("bq,bhqt->bht", pooled, a) / std_1[:, None, :])
+                coefficients.append(alpha / std_1[:, None, :])
                 parts = 1 + 2 * later  # components adding into this layer's attention input
+                attn = block.attn
+                heads, head_dim = attn.num_heads, attn.head_dim
                 gamma_1 = block.ln_1.weight.detach().float()
                 beta_1 = block.ln_1.bias.detach().float()
-                # the neuron's bias share, its share of the LayerNorm mean and bias, per token
-                u = (gamma_1 * c_bias)[None, None] / std_1[..., None] \
-                    - gamma_1[None, None] * (mean_1 / (parts * n_neurons * std_1))[..., None] \
-                    + beta_1 / (parts * n_neurons)
-                attn = block.attn
-                w_v = attn.in_proj_weight.detach().float()[2 * self.dim:]
-                b_v = attn.in_proj_bias.detach().float()[2 * self.dim:] if attn.in_proj_bias is not None else 0.0
+                w_v = attn.in_proj_weight.detach().float()[2 * dim:]
+                b_v = attn.in_proj_bias.detach().float()[2 * dim:] if attn.in_proj_bias is not None else torch.zeros(dim, device=device)
                 w_o = attn.out_proj.weight.detach().float()
-                b_o = attn.out_proj.bias.detach().float() if attn.out_proj.bias is not None else 0.0
-                heads, head_dim = attn.num_heads, attn.head_dim
-                mixed = torch.einsum("bhqt,btc->bhqc", a, u)  # [B, H, Q, D]
-                values = torch.einsum("bhqc,hec->bhqe", mixed, w_v.reshape(heads, head_dim, self.dim))
-                values = values + (b_v / (parts * n_neurons)).reshape(heads, head_dim)[None, :, None] * a.sum(-1)[..., None]
-                out = torch.einsum("bhqe,dhe->bqd", values, w_o.reshape(self.dim, heads, head_dim))
-                out = out + b_o / (parts * n_neurons)  # H heads' shares of the output bias
+                b_o = attn.out_proj.bias.detach().float() if attn.out_proj.bias is not None else torch.zeros(dim, device=device)
+                # the neuron's input at token t:  gamma_1 (c/N) / s_1(t) - gamma_1 mu_1(t) / (K N s_1(t)) + beta_1 / (K N)
+                # and the value bias b_v / (K N): three fixed value vectors, each times a pooled sum of attention
+                share_1 = torch.einsum("bht,bt->bh", alpha, 1 / std_1)
+                share_mu = torch.einsum("bht,bt->bh", alpha, mean_1 / std_1) / (parts * n_neurons)
+                share_0 = alpha.sum(dim=-1) / (parts * n_neurons)
+                value = lambda vector: (w_v @ vector).reshape(heads, head_dim)  # noqa: E731
+                pooled_values = (share_1[..., None] * value(gamma_1 * c_bias) - share_mu[..., None] * value(gamma_1)
+                                 + share_0[..., None] * (value(beta_1) + b_v.reshape(heads, head_dim)))  # [B, H, dh]
+                out = torch.einsum("bhe,dhe->bd", pooled_values, w_o.reshape(dim, heads, head_dim))
+                out = out + pooled_sum[:, None] * b_o / (parts * n_neurons)  # the H heads' shares of the output bias
                 spread = parts * components * n_neurons  # (H heads together)
-                at_post = (out - (qmean / spread)[..., None]) * gamma_post / qstd[..., None] + beta_post / spread
-                share += torch.einsum("q,bqd->bd", weights, at_post)
+                share += gamma_post * (out - pooled_mean[:, None] / spread) + beta_post / spread
         if self.direct:
             direct = torch.zeros(batch, tokens, device=device)
             direct[:, queries] = pooled
             coefficients.append(direct[:, None, :])
             spread = components * n_neurons
-            at_post = (c_bias - (qmean / spread)[..., None]) * gamma_post / qstd[..., None] + beta_post / spread
-            share += torch.einsum("q,bqd->bd", weights, at_post)
+            share += gamma_post * (pooled_sum[:, None] * c_bias - pooled_mean[:, None] / spread) + beta_post / spread
         alpha = torch.cat(coefficients, dim=1)  # [B, J, T]
         proj = self.visual.proj
         share = share @ proj.detach().float() if proj is not None else share
 
-        scale = LOGIT_SCALE / record["rep"].norm(dim=-1)  # [B]
+        scale = LOGIT_SCALE / rep.float().norm(dim=-1)  # [B]
         out = torch.empty(batch, n_neurons, self.out_dim, device=device)
         maps_count = alpha.shape[1]
         per_neuron = maps_count * self.out_dim * 4 * (0 if self.cache_maps else 3) + batch * (maps_count + self.out_dim) * 4 * 2
@@ -359,18 +361,14 @@ class _ResNetLens:
         w_o = pool.c_proj.weight.detach().float().reshape(self.out_dim, self.heads, head_dim)
         return torch.einsum("hec,ohe->cho", w_v, w_o).contiguous()
 
-    def effects(self, images: torch.Tensor) -> torch.Tensor:
-        pool = self.visual.attnpool
-        record = {}
-
+    def hooks(self, record: dict) -> list:
         def on_pool(_m, inputs):
             record["x"] = inputs[0].float()
 
-        handle = pool.register_forward_pre_hook(on_pool)
-        try:
-            rep = self.visual(images).float()
-        finally:
-            handle.remove()
+        return [self.visual.attnpool.register_forward_pre_hook(on_pool)]
+
+    def compute(self, record: dict, rep: torch.Tensor) -> torch.Tensor:
+        pool = self.visual.attnpool
         x = record["x"]
         batch = x.shape[0]
         tokens = x.flatten(2).transpose(1, 2)  # [B, HW, C]
@@ -383,7 +381,7 @@ class _ResNetLens:
         k = k.reshape(batch, -1, self.heads, head_dim)
         a = (torch.einsum("bqhe,bthe->bht", q, k) / math.sqrt(head_dim)).softmax(dim=-1)  # [B, H, T]
         alpha = torch.einsum("bht,btc->cbh", a, tokens)  # [C, B, H]: each channel's attention-weighted value
-        scale = LOGIT_SCALE / rep.norm(dim=-1)
+        scale = LOGIT_SCALE / rep.float().norm(dim=-1)
         out = torch.empty(batch, self.channels, self.out_dim, device=x.device)
         per_channel = self.heads * self.out_dim * 4 * (0 if self.cache_maps else 2) + batch * self.out_dim * 4
         step = _chunk_size(per_channel, self.budget // 2, self.channels)
@@ -410,23 +408,37 @@ def lens_for(model, layer: str | int, *, memory_budget: int = DEFAULT_MEMORY_BUD
     return lenses[key]
 
 
-def _run(lens, visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    device = next(visual.parameters()).device
+def _run(lenses: list, visual: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """One forward pass of the tower serves every lens: each keeps what it needs through hooks."""
+    parameter = next(visual.parameters())
     was_training = visual.training
     visual.eval()  # BatchNorm must use its running statistics
+    records = [{} for _ in lenses]
+    handles = [handle for lens, record in zip(lenses, records) for handle in lens.hooks(record)]
     try:
         with torch.inference_mode():
-            return lens.effects(images.to(device=device, dtype=next(visual.parameters()).dtype))
+            rep = visual(images.to(device=parameter.device, dtype=parameter.dtype))
+            return [lens.compute(record, rep) for lens, record in zip(lenses, records)]
     finally:
+        for handle in handles:
+            handle.remove()
         visual.train(was_training)
+
+
+def layer_effects(model, images: torch.Tensor, layers, *,
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict[str, NeuronEffects]:
+    """`neuron_effects` of several layers from one forward pass, by layer name."""
+    names = list(dict.fromkeys(layers))
+    lenses = [lens_for(model, layer, memory_budget=memory_budget) for layer in names]
+    values = _run(lenses, _visual(model), images)
+    return {str(name): NeuronEffects(value, lens.plan.paths) for name, lens, value in zip(names, lenses, values)}
 
 
 def neuron_effects(model, images: torch.Tensor, layer: str | int, *,
                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> NeuronEffects:
     """Every unit's effect on the image embedding, [B, N, d] in logit units, with the paths it
     includes (see the module docstring). LensError for a layer the lens cannot serve."""
-    lens = lens_for(model, layer, memory_budget=memory_budget)
-    return NeuronEffects(_run(lens, _visual(model), images), lens.plan.paths)
+    return layer_effects(model, images, [layer], memory_budget=memory_budget)[str(layer)]
 
 
 def second_order_effects(model, images: torch.Tensor, layer: str | int, *,
@@ -439,4 +451,4 @@ def second_order_effects(model, images: torch.Tensor, layer: str | int, *,
     if plan.family != "vit" or plan.paths == DIRECT:
         raise _serving_error(layer, "it has no second-order path")
     lens = lens_for(model, layer, memory_budget=memory_budget, paths=SECOND_ORDER)
-    return _run(lens, visual, images)
+    return _run([lens], visual, images)[0]
