@@ -97,6 +97,15 @@ def pool_embeddings(
     return vectors, True
 
 
+def latest_embedding(session: Session, model_id: str) -> tuple[str, str] | None:
+    """(pool id, blob name) of the pool embeddings most recently cached for the model."""
+    row = session.execute(
+        select(TextEmbedding.pool_id, TextEmbedding.blob_uri).where(TextEmbedding.model_id == model_id)
+        .order_by(TextEmbedding.created_at.desc(), TextEmbedding.id.desc()).limit(1)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
 def replace_decompositions(session: Session, pool_id: str, unit_ids: Sequence[int], rows: Sequence[dict[str, Any]]) -> None:
     """Make `rows` ({unit_id, rank, text, coefficient, score}) the whole decompositions of these
     units over this pool: a re-run replaces, never duplicates, and drops ranks beyond a new m."""
