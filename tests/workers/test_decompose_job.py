@@ -3,27 +3,18 @@ embeddings of known words (plus noise) must decompose back into those words."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from sqlalchemy import select
 
 from precompute.errors import MicroscopeError
 from precompute.registry import load_embedded
 from precompute.text_pools import pool_texts
-from store.blobs import BlobStore
-from store.directions import LayerDirections, save_layer_directions
 from store.models import Decomposition, Layer, TextEmbedding, Unit
-from store.repository import get_layer
 from store.session import make_engine, make_sessionmaker
 from store.text_pools import add_pool
-from tests.workers.precompute_helpers import register_random, register_synthetic, single_thread, snapshot, store_config
+from tests.text_side import LAYER, PLANTED, SILENT, prepare_planted_store
+from tests.workers.precompute_helpers import single_thread, snapshot, store_config
 from workers.decompose_job import DecomposeRequest, run_decompose
-
-LAYER = "transformer.resblocks.5.mlp"
-PLANTED = ["red", "blue", "circle", "star", "green", "heart", "yellow", "square", "three", "purple",
-           "triangle", "pink", "orange", "cross", "two", "brown"]
 
 
 @pytest.fixture(autouse=True)
@@ -36,37 +27,9 @@ def toy_vit():
     return load_embedded("toy-vit")
 
 
-def _world_embeddings(loaded) -> tuple[list[str], torch.Tensor]:
-    """The world's words through the text tower, computed here independently of the job."""
-    texts = list(pool_texts("world").texts)
-    with torch.inference_mode():
-        vectors = F.normalize(loaded.model.encode_text(loaded.tokenizer(texts)).float(), dim=-1)
-    return texts, vectors
-
-
-def _prepare(url, folder, loaded, units=(3, 10, 11, 40, 41, 42, 100, 200, 201, 300, 301, 302, 400, 450, 500, 511)):
-    register_random(url, "toy-vit", "toy-vit", loaded)
-    register_synthetic(url, folder, "world", 2)
-    texts, vectors = _world_embeddings(loaded)
-    centred = vectors - vectors.mean(0)
-    generator = torch.Generator().manual_seed(0)
-    rows = []
-    for word in PLANTED:
-        atom = F.normalize(centred[texts.index(word)], dim=0)
-        rows.append(F.normalize(atom + 0.35 * F.normalize(torch.randn(atom.shape, generator=generator), dim=0), dim=0))
-    directions = torch.stack(rows).numpy()
-    directions[5] = 0  # a unit that never fired: no terms
-    value = LayerDirections(units=np.array(units, dtype=np.int64), directions=directions,
-                            mean_effects=np.zeros_like(directions), thresholds=np.ones(len(units), dtype=np.float32),
-                            paths="second-order+direct", dataset_id="world", image_count=2)
-    engine = make_engine(url)
-    with make_sessionmaker(engine)() as session:
-        save_layer_directions(session, BlobStore(str(folder / "blobs")), get_layer(session, "toy-vit", LAYER).id, value)
-        world = pool_texts("world")
-        add_pool(session, "world", world.texts, world.source)
-        session.commit()
-    engine.dispose()
-    return dict(zip(units, PLANTED))
+def _prepare(url, folder, loaded):
+    prepare_planted_store(url, folder, loaded)
+    return PLANTED
 
 
 def _decompositions(url):
@@ -97,7 +60,7 @@ def test_planted_words_come_back_first(migrated_url, tmp_path, toy_vit):
     assert summary["status"] == "done" and summary["units"] == 16 and summary["units_decomposed"] == 16
     found, cached = _decompositions(migrated_url)
     assert len(cached) == 1 and cached[0].dimension == toy_vit.model.text_projection.shape[1]
-    silent = list(planted)[5]
+    silent = SILENT
     assert silent not in found  # a zero direction has no terms
     hits = 0
     for unit, word in planted.items():
