@@ -1,14 +1,14 @@
 """Per-layer vector matrices, loaded from blobs once and kept a while: nearest units, the
 units nearest to a text prompt, and word arithmetic over image-based word embeddings.
 
-A layer's unit directions live in one .npy blob per unit (Unit.direction_uri); reading a few
-thousand blobs per page view would be absurd, so each matrix is assembled once per process
-and reused for `ttl` seconds. Word embeddings are one content-addressed blob per layer, so
-their cache entries never go stale at all. numpy is imported on first use, not at import.
+A layer's unit directions live in one content-addressed .npz blob per (layer, dataset)
+(store.directions, written by the directions job), read once and kept under its blob name, so
+the entry never goes stale: a new direction set is a new name. Word embeddings are one
+content-addressed blob per layer, cached the same way. numpy is imported on first use.
 
-A blob that the database names but the store has lost is an absence, not an error: a layer's
-matrix leaves out the units whose direction file is missing (and lists them in `missing`), and
-a missing word embedding raises `MissingBlob` for the page to say so.
+A blob that the database names but the store has lost is an absence, not an error: a layer
+whose direction blob is missing gives an empty matrix that names it in `missing`, and a
+missing word embedding raises `MissingBlob` for the page to say so.
 """
 
 from __future__ import annotations
@@ -125,29 +125,47 @@ class VectorCache:
 
     # -- unit directions in the joint embedding space ------------------------------------------
     def directions(self, session: Session, layer_id: int) -> UnitMatrix | None:
-        def load() -> UnitMatrix | None:
+        """The layer's unit directions (its most recent direction set), rows of unit length;
+        units whose direction is zero (they never fired) are left out. None when none is stored."""
+        from store.directions import direction_set_row
+
+        row = direction_set_row(session, layer_id)
+        if row is None:
+            return None
+        uri, meta = row.blob_uri, {"paths": row.paths, "dataset_id": row.dataset_id, "image_count": row.image_count}
+
+        def load() -> UnitMatrix:
             import numpy as np
 
-            rows = queries.layer_directions(session, layer_id)
-            if not rows:
-                return None
-            found, missing = [], set()
-            for _, index, uri in rows:
-                try:
-                    found.append((index, uri, np.asarray(load_npy(self.blobs, uri), dtype=np.float32).reshape(-1)))
-                except MissingBlob:
-                    missing.add(uri)
-            if not found:
-                return UnitMatrix(np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), (), frozenset(missing))
-            dims = {v.shape[0] for *_, v in found}
-            if len(dims) != 1:
-                raise ValueError(f"directions of layer {layer_id} have different lengths: {sorted(dims)}")
-            return UnitMatrix(
-                np.array([index for index, _, _ in found]), normalise_rows(np.stack([v for *_, v in found])),
-                tuple(uri for _, uri, _ in found), frozenset(missing),
-            )
+            from store.directions import LayerDirections
 
-        return self._get(("directions", layer_id), load, True)
+            try:
+                value = LayerDirections.from_bytes(self.blobs.get(uri), **meta)
+            except MissingBlob:
+                return UnitMatrix(np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), (), frozenset({uri}))
+            keep = np.linalg.norm(value.directions, axis=1) > 0
+            return UnitMatrix(np.asarray(value.units[keep], dtype=np.int64), normalise_rows(value.directions[keep]), (uri,))
+
+        matrix = self._cache.get(("directions", layer_id, uri), load, None)
+        if matrix.missing:  # not kept: a restored file counts on the next view
+            self._cache.invalidate(("directions", layer_id, uri))
+        return matrix
+
+    # -- text pools: the mean embedding a prompt is centred on ---------------------------------
+    def text_mean(self, session: Session, model_id: str) -> tuple[str, "np.ndarray"] | None:
+        """(pool id, mean unit-length text embedding) of the pool most recently embedded for the
+        model, or None when none is (or its blob is missing)."""
+        from store.text_pools import latest_embedding
+
+        found = latest_embedding(session, model_id)
+        if found is None:
+            return None
+        pool_id, uri = found
+        try:
+            mean = self._get(("text-mean", uri), lambda: load_npy(self.blobs, uri).astype("float32").mean(axis=0), False)
+        except MissingBlob:
+            return None
+        return pool_id, mean
 
     # -- word embeddings: (words x units) centred activations of rastered words -----------------
     def word_embedding(self, vectors_uri: str) -> "np.ndarray":

@@ -619,6 +619,13 @@ def tokens_revoke(prefix_or_id: Annotated[str, typer.Argument(help="The token's 
     typer.echo(f"revoked token {rows[0].id} of {rows[0].name}")
 
 
+# --- text pools and decompositions (cli/text.py) ----------------------------------------
+from cli import text as _text  # noqa: E402
+
+app.add_typer(_text.textpools_app, name="textpools")
+precompute_app.command("decompose")(_text.precompute_decompose)
+
+
 def main() -> None:
     try:
         app()

@@ -375,6 +375,25 @@ class Decomposition(Base):
     rank: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     coefficient: Mapped[float] = mapped_column(Float)
+    # Cosine between the unit's direction and its whole m-term reconstruction (the same on
+    # every term of one decomposition); NULL for rows written before it was recorded.
+    score: Mapped[float | None] = mapped_column(Float)
+
+
+class TextEmbedding(Base):
+    """A pool's text embeddings under one model (unit length, [texts, d] float32 .npy blob in
+    the pool's order), computed once and reused by every decomposition and prompt search."""
+
+    __tablename__ = "text_embeddings"
+    __table_args__ = (UniqueConstraint("model_id", "pool_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    pool_id: Mapped[str] = mapped_column(ForeignKey("text_pools.id", ondelete="CASCADE"))
+    blob_uri: Mapped[str] = mapped_column(Text)  # a blob name
+    texts_sha256: Mapped[str] = mapped_column(String(64))  # of the texts it was computed from
+    dimension: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Annotation(Base):

@@ -26,6 +26,7 @@ from store.models import (
     Dataset,
     DatasetExample,
     DatasetImage,
+    DirectionSet,
     Decomposition,
     FeatureViz,
     Job,
@@ -101,7 +102,9 @@ def coverage(session: Session, layer_ids: Sequence[int]) -> dict[int, dict[str, 
 
     base = select(Unit.layer_id, func.count(Unit.id)).where(in_layers).group_by(Unit.layer_id)
     per_layer("statistics", base.where(Unit.max.is_not(None)))
-    per_layer("directions", base.where(Unit.direction_uri.is_not(None)))
+    # a layer's directions are one set (store.directions) covering its units
+    per_layer("directions", select(DirectionSet.layer_id, Layer.units).join(Layer, Layer.id == DirectionSet.layer_id)
+              .where(DirectionSet.layer_id.in_(layer_ids)).distinct())
     per_layer("labels", base.where(Unit.label.is_not(None)))
     joined = {
         "featureviz": (FeatureViz, and_(FeatureViz.kind.in_(MAIN_FEATUREVIZ_KINDS), FeatureViz.variant == "")),
@@ -355,7 +358,8 @@ def words_of(session: Session, unit_id: int) -> list[dict[str, Any]]:
 
 def decomposition_of(session: Session, unit_id: int) -> list[dict[str, Any]]:
     stmt = (
-        select(Decomposition.pool_id, Decomposition.rank, Decomposition.text, Decomposition.coefficient)
+        select(Decomposition.pool_id, Decomposition.rank, Decomposition.text, Decomposition.coefficient,
+               Decomposition.score)
         .where(Decomposition.unit_id == unit_id)
         .order_by(Decomposition.pool_id, Decomposition.rank)
     )
@@ -410,9 +414,10 @@ def layer_directions(session: Session, layer_id: int) -> list[tuple[int, int, st
 
 
 def any_directions(session: Session, layer_ids: Sequence[int]) -> bool:
+    """Whether any of these layers has a direction set (store.directions)."""
     if not layer_ids:
         return False
-    stmt = select(Unit.id).where(Unit.layer_id.in_(layer_ids), Unit.direction_uri.is_not(None)).limit(1)
+    stmt = select(DirectionSet.id).where(DirectionSet.layer_id.in_(layer_ids)).limit(1)
     return session.execute(stmt).first() is not None
 
 

@@ -162,6 +162,7 @@ def populate_layer(
     }
     grid = layer.spatial or (1, 1)
     kind = "channel" if layer.kind == "conv" else "neuron"
+    directions: dict[int, np.ndarray] = {}
     for index, unit in unit_rows.items():
         scale = float(rng.uniform(2, 12))
         if "statistics" in kinds:
@@ -177,7 +178,7 @@ def populate_layer(
             unit.label = LABELS[index]
             session.add(Annotation(unit_id=unit.id, kind="label", text=LABELS[index], author="sample-data"))
         if "directions" in kinds:
-            unit.direction_uri = blobs.put(npy(rng.normal(size=embed_dim)), ".npy")
+            directions[index] = rng.normal(size=embed_dim)
         if "featureviz" in kinds:
             session.add(FeatureViz(unit_id=unit.id, kind=kind, variant="", blob_uri=blobs.put(png(pattern(rng)), ".png"),
                                    final_activation=round(top_value * 1.8, 4), parameters={"steps": 512, "lr": 0.05}))
@@ -219,12 +220,34 @@ def populate_layer(
             for rank, (t, coefficient) in enumerate(zip(terms, sorted(rng.normal(0, 0.3, 5), key=lambda v: -abs(v)))):
                 session.add(Decomposition(unit_id=unit.id, pool_id=TEXT_POOL, rank=rank, text=texts[int(t)],
                                           coefficient=round(float(coefficient), 5)))
+    if directions:
+        store_directions(session, blobs, layer.id, directions)
     if "embedding" in kinds:
         matrix = rng.normal(size=(len(words), layer.units)).astype(np.float32)
         mean = matrix.mean(axis=0)
         session.add(WordEmbedding(layer_id=layer.id, word_list_id=WORD_LIST, vectors_uri=blobs.put(npy(matrix - mean), ".npy"),
                                   mean_uri=blobs.put(npy(mean), ".npy")))
     session.flush()
+
+
+def store_directions(session: Session, blobs: BlobStore, layer_id: int, directions: dict[int, np.ndarray]) -> str:
+    """One direction set for the layer ({unit index: vector}, made unit length), as the
+    directions job writes it, over the store's first dataset (made up if there is none)."""
+    from store.directions import LayerDirections, save_layer_directions
+    from store.models import Dataset
+
+    order = sorted(directions)
+    vectors = np.stack([np.asarray(directions[i], dtype=np.float32) for i in order])
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.where(norms > 0, norms, 1)
+    dataset_id = session.query(Dataset.id).order_by(Dataset.id).first()
+    if dataset_id is None:
+        session.add(Dataset(id=DATASET, source_uri="synthetic:0", kind="synthetic", image_count=0))
+        session.flush()
+        dataset_id = (DATASET,)
+    return save_layer_directions(session, blobs, layer_id, LayerDirections(
+        units=np.array(order, dtype=np.int64), directions=vectors, mean_effects=np.zeros_like(vectors),
+        thresholds=np.ones(len(order), dtype=np.float32), paths="sample", dataset_id=dataset_id[0], image_count=0))
 
 
 def _vocabulary() -> tuple[list[str], list[str]]:

@@ -66,27 +66,52 @@ def _model_choices(session: Session) -> list[dict[str, Any]]:
 def prompt_page(
     session: Session, cache: VectorCache, text_vector: Any, urls: Urls, *, prompt: str, model_id: str, layer: str | None, k: int
 ) -> dict[str, Any]:
-    """Units whose stored direction is nearest to an encoded text prompt (`text_vector`)."""
+    """A text prompt as a sparse code over the neuron directions (the article's "emotion
+    composition"): `k` units chosen by orthogonal matching pursuit over the unit-length
+    directions of the searched layers together, with signed coefficients, largest first.
+
+    The prompt's embedding (`text_vector`, unit length) is first centred on the mean embedding
+    of a text pool cached for the model, when there is one (the pool's common component says
+    nothing about the prompt), as the decompositions centre their pools."""
+    import numpy as np
+
     layers = queries.layers_of(session, [model_id]).get(model_id, [])
     if layer:
         layers = [l for l in layers if l["name"] == layer]
-    ranked: list[tuple[float, str, int]] = []
+    blocks, owners = [], []  # dictionary rows, and the (layer, unit index) of each row
     searched = []
-    lost: list[str] = []  # directions stored but missing from the blob store, per layer
+    lost: list[str] = []  # direction sets stored but missing from the blob store
     for entry in layers:
         matrix = cache.directions(session, entry["id"])
         if matrix is None:
             continue
         if matrix.missing:
-            lost.append(f"{len(matrix.missing)} of layer {entry['name']!r}")
+            lost.append(f"layer {entry['name']!r}")
         if len(matrix.indices) == 0 or matrix.vectors.shape[1] != len(text_vector):
             continue  # directions of another space (e.g. a different head): not comparable
         searched.append(entry["name"])
-        ranked.extend((sim, entry["name"], i) for i, sim in matrix.nearest(text_vector, k))
-    ranked.sort(key=lambda r: -r[0])
-    ranked = ranked[:k]
+        blocks.append(matrix.vectors)
+        owners.extend((entry["name"], int(i)) for i in matrix.indices)
+    centred_on = None
+    target = np.asarray(text_vector, dtype=np.float32)
+    if blocks:
+        mean = cache.text_mean(session, model_id)
+        if mean is not None and len(mean[1]) == len(target):
+            centred_on, target = mean[0], target - mean[1]
+    ranked: list[tuple[float, float, str, int]] = []  # (coefficient, similarity, layer, index)
+    if blocks and np.linalg.norm(target) > 0:
+        import torch
+
+        from precompute.omp import omp
+
+        dictionary = torch.from_numpy(np.concatenate(blocks))
+        codes = omp(dictionary, torch.from_numpy(target).unsqueeze(0), min(k, len(owners), 128))
+        unit_target = target / np.linalg.norm(target)
+        for atom, coefficient in codes.ranked(0):
+            name, index = owners[atom]
+            ranked.append((coefficient, float(dictionary[atom].numpy() @ unit_target), name, index))
     by_layer: dict[str, list[int]] = defaultdict(list)
-    for _, name, i in ranked:
+    for _, _, name, i in ranked:
         by_layer[name].append(i)
     info: dict[tuple[str, int], dict[str, Any]] = {}
     for entry in layers:
@@ -95,13 +120,15 @@ def prompt_page(
                 info[(entry["name"], i)] = row
     thumbs = unit_thumbnails(session, urls, [row["id"] for row in info.values()])
     results = []
-    for similarity, name, i in ranked:
+    for rank, (coefficient, similarity, name, i) in enumerate(ranked):
         row = info.get((name, i))
         results.append(
             {
                 "model": model_id,
                 "layer": name,
                 "index": i,
+                "rank": rank,
+                "coefficient": round(coefficient, 5),
                 "similarity": round(similarity, 5),
                 "label": row["label"] if row else None,
                 **(thumbs.get(row["id"], NO_THUMBNAIL) if row else NO_THUMBNAIL),
@@ -112,8 +139,9 @@ def prompt_page(
     if not searched:
         where = f"layer {layer!r} of {model_id!r}" if layer else f"any layer of {model_id!r}"
         missing.append(f"No unit directions are stored for {where} yet, so there is nothing to compare the prompt with. "
-                       "They are written by the decomposition job.")
+                       "They are written by the directions job (`microscope precompute directions`).")
     if lost:
         missing.append(f"Some unit directions are stored but their files are missing from the blob store "
                        f"({', '.join(lost)}); those units are left out of the ranking.")
-    return {"prompt": prompt, "model": model_id, "layer": layer, "layers_searched": searched, "results": results, "missing": missing}
+    return {"prompt": prompt, "model": model_id, "layer": layer, "layers_searched": searched, "centred_on": centred_on,
+            "results": results, "missing": missing}

@@ -129,17 +129,11 @@ def nearest_units(
     found: list[tuple[int, float]] = []
     basis = None
     lost = []  # stored inputs whose blob is missing from the blob store
-    if unit["direction_uri"]:
-        matrix = cache.directions(session, layer_id)
-        row = matrix.row_of(index) if matrix else None
-        if matrix is not None and unit["direction_uri"] in matrix.missing:
-            lost.append("this unit's direction")
-        elif matrix is not None and (row is None or matrix.uris[row] != unit["direction_uri"]):
-            cache.invalidate(("directions", layer_id))  # stored after the cache was filled
-            matrix = cache.directions(session, layer_id)
-            row = matrix.row_of(index) if matrix else None
-        if matrix is not None and row is not None:
-            basis, found = "direction", matrix.neighbours(index, k)
+    matrix = cache.directions(session, layer_id)
+    if matrix is not None and matrix.missing:
+        lost.append("the layer's direction set")
+    elif matrix is not None and matrix.row_of(index) is not None:
+        basis, found = "direction", matrix.neighbours(index, k)
     if basis is None:
         for embedding in queries.word_embeddings(session, layer_id=layer_id)[:1]:
             try:
@@ -190,11 +184,18 @@ def _unit_results(
         "examples": _examples(queries.examples_of(session, uid), spatial, urls),
         "buckets": _buckets(queries.buckets_of(session, uid), urls),
         "words": _words(session, uid, model_id),
-        "decomposition": _grouped(
-            queries.decomposition_of(session, uid), "pool_id", "pool", "terms", ("rank", "text", "coefficient")
-        ),
+        "decomposition": _decomposition(session, uid),
         "nearest": nearest_units(session, cache, unit["layer_id"], unit, model_id, layer_name, urls),
     }
+
+
+def _decomposition(session: Session, unit_id: int) -> list[dict[str, Any]]:
+    """The unit's decompositions, one group per pool: its signed terms and the reconstruction
+    score (cosine between the direction and the sum of the terms)."""
+    groups = _grouped(queries.decomposition_of(session, unit_id), "pool_id", "pool", "terms",
+                      ("rank", "text", "coefficient", "score"))
+    return [{"pool": g["pool"], "score": g["terms"][0]["score"],
+             "terms": [{key: t[key] for key in ("rank", "text", "coefficient")} for t in g["terms"]]} for g in groups]
 
 
 # The parts of a unit page that only the precompute jobs change (cached under the generation).
@@ -247,6 +248,8 @@ def unit_page(
         key = ("unit", unit["layer_id"], unit["id"], unit["direction_uri"], urls.base)
         parts = pickle.loads(results.get(key, lambda: pickle.dumps(load(), pickle.HIGHEST_PROTOCOL), stamp=generation))
     parts = {**parts, "nearest": with_labels(session, unit["layer_id"], parts["nearest"])}
+    directions = cache.directions(session, unit["layer_id"])
+    has_direction = directions is not None and directions.row_of(index) is not None
     uid = unit["id"]
     notes = [
         {**row, "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"])}
@@ -264,7 +267,7 @@ def unit_page(
         "conditional-probability samples": parts["buckets"],
         "rastered words": words,
         "text decomposition": parts["decomposition"],
-        "second-order direction": urls.blob(unit["direction_uri"]),  # None when its file is missing too
+        "second-order direction": has_direction,  # False when the layer's direction blob is missing too
     }
     units = unit["layer_units"]
     return {
@@ -285,7 +288,7 @@ def unit_page(
         "words": words,
         "word_list": next((c["id"] for c in word_lists if c["current"]), None),
         "word_lists": word_lists,
-        "has_direction": unit["direction_uri"] is not None,
+        "has_direction": has_direction,
         "annotations": notes,
         "collections": collections,
         "prev": _neighbour(urls, model_id, layer_name, index - 1, units),

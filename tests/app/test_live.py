@@ -220,9 +220,10 @@ def text_model(live_store: Store, tmp_path_factory: pytest.TempPathFactory) -> I
     with directions stored for ten units of its final layer."""
     import open_clip
 
-    from store.models import Layer, Unit
+    from store.models import Layer
     from store.session import make_engine, make_sessionmaker
     from precompute.checkpoints import META_VOCAB, write_checkpoint
+    from tests.sample_store import store_directions
     from precompute.registry import load_model
     from precompute.world import caption_vocabulary
     from store.loading import register
@@ -237,38 +238,40 @@ def text_model(live_store: Store, tmp_path_factory: pytest.TempPathFactory) -> I
     engine = make_engine(live_store.database_url)
     with make_sessionmaker(engine)() as session:
         register(session, loaded, "text test model")
-        units = session.query(Unit).join(Layer).filter(Layer.model_id == "toy-text", Layer.name == "layer4", Unit.index < 10)
-        for unit in units.order_by(Unit.index):
-            buffer = io.BytesIO()
-            np.save(buffer, directions[unit.index])
-            unit.direction_uri = blobs.put(buffer.getvalue(), ".npy")
+        layer4 = session.query(Layer).filter(Layer.model_id == "toy-text", Layer.name == "layer4").one()
+        store_directions(session, blobs, layer4.id, dict(enumerate(directions)))
         session.commit()
         # A random toy model has no vocabulary at all, whatever checkpoints exist.
         register(session, load_model("toy-mute", "toy-rn"), "no text tower")
         layer4 = session.query(Layer).filter(Layer.model_id == "toy-mute", Layer.name == "layer4").one()
-        first = session.query(Unit).filter(Unit.layer_id == layer4.id, Unit.index == 0).one()
-        first.direction_uri = blobs.put(buffer.getvalue(), ".npy")
+        store_directions(session, blobs, layer4.id, {0: directions[0]})
         session.commit()
     engine.dispose()
     yield {"loaded": loaded, "directions": directions}
 
 
-def test_prompt_search_ranks_units_by_direction(live_web: TestClient, text_model: dict) -> None:
+def test_prompt_search_is_a_sparse_code_over_the_directions(live_web: TestClient, text_model: dict) -> None:
+    from sklearn.linear_model import orthogonal_mp
+
     r = live_web.get("/api/v1/search/prompt", params={"text": "a red circle", "model": "toy-text", "k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["layers_searched"] == ["layer4"] and body["missing"] == []
+    assert body["layers_searched"] == ["layer4"] and body["missing"] == [] and body["centred_on"] is None
     loaded = text_model["loaded"]
     with torch.inference_mode():
         text = torch.nn.functional.normalize(loaded.model.encode_text(loaded.tokenizer(["a red circle"])), dim=-1)[0].numpy()
-    directions = text_model["directions"]
-    sims = directions @ text / np.linalg.norm(directions, axis=1)
-    expected = np.argsort(-sims)[:5]
-    assert [u["index"] for u in body["results"]] == expected.tolist()
-    assert [u["similarity"] for u in body["results"]] == pytest.approx(sims[expected].tolist(), abs=1e-4)
+    directions = text_model["directions"] / np.linalg.norm(text_model["directions"], axis=1, keepdims=True)
+    code = orthogonal_mp(directions.T.astype(np.float64), text.astype(np.float64), n_nonzero_coefs=5)
+    expected = sorted(np.flatnonzero(code), key=lambda i: -abs(code[i]))
+    assert [u["index"] for u in body["results"]] == expected
+    assert [u["coefficient"] for u in body["results"]] == pytest.approx(code[expected].tolist(), abs=1e-4)
+    assert [u["similarity"] for u in body["results"]] == pytest.approx((directions[expected] @ text).tolist(), abs=1e-4)
+    assert [u["rank"] for u in body["results"]] == list(range(5))
+    # The page asks for 24 units: all ten directions, in the order of the 10-term code.
     page = parse(live_web.get("/search", params={"prompt": "a red circle", "model": "toy-text"}).text)
     cards = page.one("section", id="prompt-results").find_all("a", data_unit=True)
-    assert [int(c["data-unit"]) for c in cards][:5] == expected.tolist()
+    full = orthogonal_mp(directions.T.astype(np.float64), text.astype(np.float64), n_nonzero_coefs=10)
+    assert [int(c["data-unit"]) for c in cards] == sorted(range(10), key=lambda i: -abs(full[i]))
 
 
 def test_prompt_search_says_what_it_cannot_do(live_web: TestClient, text_model: dict) -> None:

@@ -285,10 +285,11 @@ def _position_of(database_url: str, name: str) -> int:
         engine.dispose()
 
 
-def test_a_missing_direction_is_left_out_and_said(store: Any, tmp_path: Path) -> None:
-    """Directions come from no job yet, so this one stands on the made-up sample store (its
-    blobs copied, one unit's direction deleted from the copy)."""
-    from store.models import Layer, Unit
+def test_a_missing_direction_set_is_left_out_and_said(store: Any, tmp_path: Path) -> None:
+    """The sample store's layer directions are one blob (store.directions); with it deleted
+    from a copy of the blobs, nearest units fall back to another basis and say why, and the
+    prompt search says the layer's directions are missing."""
+    from store.models import DirectionSet, Layer
     from store.session import make_engine, make_sessionmaker
 
     folder = tmp_path / "blobs"
@@ -296,29 +297,25 @@ def test_a_missing_direction_is_left_out_and_said(store: Any, tmp_path: Path) ->
     engine = make_engine(store.database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            rows = session.execute(select(Unit.index, Unit.direction_uri).join(Layer, Layer.id == Unit.layer_id)
-                                   .where(Layer.model_id == MODEL, Layer.name == LAYER, Unit.direction_uri.is_not(None))
-                                   .order_by(Unit.index)).all()
+            lost_name = session.execute(select(DirectionSet.blob_uri).join(Layer, Layer.id == DirectionSet.layer_id)
+                                        .where(Layer.model_id == MODEL, Layer.name == LAYER)).scalar_one()
     finally:
         engine.dispose()
-    assert len(rows) >= 3
-    (lost_index, lost_name), (other_index, _) = rows[0], rows[1]
+
+    with TestClient(create_app(store.settings(page_cache_seconds=0))) as client:  # the original folder: all there
+        whole = client.get(f"/api/v1/models/{MODEL}/{LAYER}/0").json()
+        assert whole["nearest"]["basis"] == "direction" and whole["has_direction"]
+        assert "second-order direction" not in whole["missing"]
     (folder / lost_name[:2] / lost_name[2:4] / lost_name).unlink()
-
     with TestClient(create_app(store.settings(blob_url=str(folder), page_cache_seconds=0))) as client:
-        page = client.get(f"/api/v1/models/{MODEL}/{LAYER}/{lost_index}").json()
-        assert page["nearest"]["basis"] != "direction"
-        assert "this unit's direction is stored, but missing from the blob store" in page["nearest"]["explanation"]
+        page = client.get(f"/api/v1/models/{MODEL}/{LAYER}/0").json()
+        assert page["nearest"]["basis"] != "direction" and not page["has_direction"]
+        assert "the layer's direction set is stored, but missing from the blob store" in page["nearest"]["explanation"]
         assert "second-order direction" in page["missing"]
-        assert client.get(f"/models/{MODEL}/{LAYER}/{lost_index}").status_code == 200
-
-        other = client.get(f"/api/v1/models/{MODEL}/{LAYER}/{other_index}", params={}).json()
-        assert other["nearest"]["basis"] == "direction"
-        neighbours = [u["index"] for u in other["nearest"]["units"]]
-        assert len(neighbours) >= min(len(rows) - 2, 11) and lost_index not in neighbours
+        assert client.get(f"/models/{MODEL}/{LAYER}/0").status_code == 200
 
         prompt = client.get("/api/v1/search/prompt", params={"text": "red", "model": MODEL, "layer": LAYER, "k": 100})
         assert prompt.status_code == 200, prompt.text[:300]
         body = prompt.json()
-        assert body["results"] and lost_index not in [r["index"] for r in body["results"]]
-        assert any("missing from the blob store" in line for line in body["missing"])
+        assert body["results"] == []
+        assert any("missing from the blob store" in line and LAYER in line for line in body["missing"])

@@ -28,7 +28,7 @@ from store.models import DatasetExample, FeatureViz, Layer, StoredImage, Unit
 from store.session import make_engine, make_sessionmaker
 from tests.app.html import Node, parse
 from tests.conftest import fresh_postgres_schema
-from tests.sample_store import create_token
+from tests.sample_store import create_token, store_directions
 from tests.workers.precompute_helpers import register_synthetic, single_thread, store_config
 
 MODEL, LAYER, DATASET, IMAGES = "toy-rn", "layer4", "world", 120
@@ -96,10 +96,8 @@ def _fill(url: str, folder: Path) -> None:
         with make_sessionmaker(engine)() as session:
             units = {u.index: u for u in session.scalars(select(Unit).join(Layer).where(Layer.model_id == MODEL,
                                                                                          Layer.name == LAYER))}
-            for index in WITH_DIRECTION:
-                buffer = io.BytesIO()
-                np.save(buffer, rng.normal(size=embed_dim).astype(np.float32))
-                units[index].direction_uri = blobs.put(buffer.getvalue(), ".npy")
+            store_directions(session, blobs, units[0].layer_id,
+                             {index: rng.normal(size=embed_dim) for index in WITH_DIRECTION})
             session.add(FeatureViz(unit_id=units[WITH_FEATUREVIZ].id, kind="channel", variant="",
                                    blob_uri=blobs.put(_png((200, 30, 40)), ".png"), final_activation=1.0, parameters={}))
             session.commit()
@@ -214,12 +212,12 @@ def test_word_search_results_show_their_pictures(client: TestClient, expected: d
 
 
 def test_prompt_search_results_show_their_pictures(client: TestClient, expected: dict) -> None:
-    params = {"text": "a red circle", "model": MODEL, "k": 8}
+    params = {"text": "a red circle", "model": MODEL, "k": 24}  # as the page asks: every direction, in one code
     twin = client.get("/api/v1/search/prompt", params=params).json()
-    assert twin["layers_searched"] == [LAYER] and len(twin["results"]) == 8
-    assert {r["index"] for r in twin["results"]} <= set(WITH_DIRECTION)
+    assert twin["layers_searched"] == [LAYER] and len(twin["results"]) == len(WITH_DIRECTION)
+    assert {r["index"] for r in twin["results"]} == set(WITH_DIRECTION)
     section = _page(client, "/search", params={"prompt": "a red circle", "model": MODEL}).one("section", id="prompt-results")
-    cards = section.find_all("a", data_unit=True)[:8]
+    cards = section.find_all("a", data_unit=True)
     assert_pictured(client, twin["results"], cards, expected)
 
 

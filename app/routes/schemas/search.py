@@ -41,7 +41,9 @@ class PromptResult(BaseModel):
     model: str
     layer: str
     index: int
-    similarity: float
+    rank: int = Field(description="Place in the prompt's sparse code, largest |coefficient| first.")
+    coefficient: float = Field(description="Signed weight of the unit's direction in the prompt's sparse code (OMP).")
+    similarity: float = Field(description="Cosine between the unit's direction and the (centred) prompt embedding.")
     label: str | None
     thumbnail_url: str | None = Field(description=THUMBNAIL_URL_DESCRIPTION)
     thumbnail_kind: ThumbnailKind | None = Field(None, description=THUMBNAIL_KIND_DESCRIPTION)
@@ -54,5 +56,6 @@ class PromptPage(BaseModel):
     model: str
     layer: str | None
     layers_searched: list[str]
+    centred_on: str | None = Field(None, description="The text pool whose mean embedding was taken from the prompt's.")
     results: list[PromptResult]
     missing: list[str]

@@ -96,6 +96,8 @@ class Term(BaseModel):
 
 class TermGroup(BaseModel):
     pool: str
+    score: float | None = Field(None, description="Reconstruction score: cosine between the unit's direction and the sum of "
+                                                  "its terms (None for decompositions stored without one).")
     terms: list[Term]
 
 

@@ -1,0 +1,243 @@
+"""`microscope precompute decompose`: every unit's direction as a sparse sum of a pool's texts.
+
+One job (kind `decompose`, the layer, the directions' dataset, shard 0) per layer. Its items
+are the units of the layer's direction set (store.directions, written by the directions
+job), in order; each span of units is decomposed by batched OMP (precompute.omp) over the
+pool's centred text embeddings and its `decompositions` rows are written in the same
+transaction as the job's cursor, so a killed run resumes at the first span it had not
+committed and ends with the rows of an uninterrupted one.
+
+The pool's embeddings under the model are computed once, in the driver, and cached
+(store.text_pools.pool_embeddings); the pass reads them back, so a Ray task needs no model.
+The job's plan (pool and its texts, terms, normalisation, the direction blob) is kept in a
+small state file the job row points at: a re-run with another plan starts the layer over.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from precompute.errors import MicroscopeError
+from precompute.omp import DEFAULT_TERMS, MAX_TERMS, NORMALISATIONS, omp, text_dictionary
+from store import repository
+from store.blobs import BlobStore
+from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
+from workers.locks import driver_lock
+from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, spans
+from workers.state import StateStore
+
+KIND = "decompose"
+
+
+@dataclass(frozen=True)
+class DecomposeRequest:
+    model_id: str
+    layer: str
+    pool_id: str
+    terms: int = DEFAULT_TERMS
+    normalisation: str = "unit"
+    dataset_id: str | None = None  # whose directions; default the layer's most recent set
+    units_per_batch: int = 256
+    device: str = "cpu"
+    engine: str = "local"
+    restart: bool = False
+    threads: int = 0
+    ray_address: str | None = None
+
+    def validate(self) -> None:
+        if not 1 <= self.terms <= MAX_TERMS:
+            raise MicroscopeError(f"--terms must be between 1 and {MAX_TERMS}, not {self.terms}")
+        if self.normalisation not in NORMALISATIONS:
+            raise MicroscopeError(f"--normalisation must be one of {', '.join(NORMALISATIONS)}")
+        if self.units_per_batch < 1:
+            raise MicroscopeError("--units-per-batch must be at least 1")
+        if self.engine not in ENGINES:
+            raise MicroscopeError(f"--engine must be one of {', '.join(ENGINES)}")
+
+
+@dataclass(frozen=True)
+class DecomposeTask:
+    store: StoreConfig
+    request: DecomposeRequest
+    dataset_id: str  # of the direction set
+    plan: dict
+    threads: int
+
+
+def _pool_dictionary_source(session, blobs: BlobStore, request: DecomposeRequest, loaded=None):
+    """The pool row and its embeddings under the model (computed and cached when missing)."""
+    from precompute.text_pools import encode_pool
+    from store.loading import load_registered
+    from store.text_pools import get_pool, pool_embeddings
+
+    pool = get_pool(session, request.pool_id)  # a Problem (a MicroscopeError) names the known pools
+
+    def compute() -> np.ndarray:
+        model = loaded if loaded is not None else load_registered(session, request.model_id, device=request.device)
+        return encode_pool(model.model, model.tokenizer, list(pool.texts), pool.source, device=model.device).numpy()
+
+    vectors, _ = pool_embeddings(session, blobs, request.model_id, pool, compute)
+    return pool, vectors
+
+
+def run_decompose(store: StoreConfig, request: DecomposeRequest, *, show_progress: bool = True, loaded=None) -> dict:
+    """Plan and run the decomposition of one layer's directions over one pool."""
+    from store.directions import direction_set_row
+    from store.loading import require_layers, require_model
+    from store.text_pools import texts_sha256
+
+    request.validate()
+    started = time.monotonic()
+    engine, sessions = sessions_for(store)
+    states = StateStore(store.states)
+    blobs = BlobStore(store.blob_url)
+    try:
+        with sessions() as session:
+            model = require_model(session, request.model_id)
+            require_layers(session, model, [request.layer])
+            layer_row = repository.get_layer(session, request.model_id, request.layer)
+            directions = direction_set_row(session, layer_row.id, request.dataset_id)
+            if directions is None:
+                where = f" over dataset {request.dataset_id!r}" if request.dataset_id else ""
+                raise MicroscopeError(f"layer {request.layer} of {request.model_id!r} has no neuron directions{where}; "
+                                      f"run `microscope precompute directions` for it first")
+            pool, vectors = _pool_dictionary_source(session, blobs, request, loaded)
+            if request.terms > len(pool.texts):
+                raise MicroscopeError(f"--terms {request.terms} is more than pool {pool.id!r} holds ({len(pool.texts)} texts)")
+            if vectors.shape[1] != directions.dimension:
+                raise MicroscopeError(f"pool embeddings have dimension {vectors.shape[1]} but the directions of "
+                                      f"{request.layer} have {directions.dimension}")
+            session.commit()
+            plan = {"model": request.model_id, "layer": request.layer, "pool": pool.id,
+                    "texts_sha": texts_sha256(pool.texts), "terms": request.terms,
+                    "normalisation": request.normalisation, "directions": directions.blob_uri}
+            dataset_id = directions.dataset_id
+            total = len(_units_in(session, blobs, layer_row.id, dataset_id).units)
+        summary: dict[str, Any] = {"model": request.model_id, "layer": request.layer, "pool": request.pool_id,
+                                   "terms": request.terms, "dataset": dataset_id, "engine": request.engine}
+        with driver_lock(engine, f"decompose of {request.model_id}/{request.layer}"):
+            job = _plan(sessions, states, request, dataset_id, plan, total)
+            if job is None:
+                summary.update(status="already done", seconds=round(time.monotonic() - started, 2))
+                return summary
+            total = job.total_items
+            task = DecomposeTask(store, request, dataset_id, plan, request.threads or torch.get_num_threads())
+            progress = Progress(total, job.cursor, f"decompose {request.layer}", "unit", show_progress and job.cursor < total)
+            try:
+                results = run_shards(run_decompose_pass, [task], engine=request.engine, progress=progress,
+                                     sessions=sessions, job_ids=[job.id], local_options={"progress": progress},
+                                     ray_address=request.ray_address, device=request.device)
+            finally:
+                progress.close()
+        summary.update(status="done", units=total, **results[0], seconds=round(time.monotonic() - started, 2))
+        return summary
+    finally:
+        engine.dispose()
+
+
+def _units_in(session, blobs: BlobStore, layer_id: int, dataset_id: str):
+    from store.directions import load_layer_directions
+
+    found = load_layer_directions(session, blobs, layer_id, dataset_id)
+    if found is None:
+        raise MicroscopeError("the layer's directions are gone; run the directions job again")
+    return found
+
+
+def _plan(sessions, states: StateStore, request: DecomposeRequest, dataset_id: str, plan: dict, total: int):
+    """The layer's job, reset when it was planned otherwise; None when it is done as asked."""
+    with sessions() as session:
+        found = repository.find_jobs(session, KIND, request.model_id, layer=request.layer, dataset_id=dataset_id)
+        job = found[0] if found else repository.ensure_job(session, KIND, request.model_id, layer=request.layer,
+                                                          dataset_id=dataset_id, total_items=total)
+        meta = states.meta(job.state_uri) if job.state_uri else None
+        if request.restart or meta is None or meta.get("plan") != plan:
+            states.delete(job.state_uri)
+            repository.checkpoint_job(session, job.id, 0, None, total_items=total)
+            repository.reset_job(session, job.id)
+        elif job.state == "done":
+            session.commit()
+            return None
+        else:
+            release_orphans(session, [job])
+        session.commit()
+        return repository.find_jobs(session, KIND, request.model_id, layer=request.layer, dataset_id=dataset_id)[0]
+
+
+def run_decompose_pass(task: DecomposeTask, *, progress: Progress | None = None) -> dict:
+    """Run (or resume) the decomposition pass of `task`; usable in-process and as a Ray task."""
+    set_threads(task.threads)
+    request = task.request
+    engine, sessions = sessions_for(task.store)
+    blobs = BlobStore(task.store.blob_url)
+    try:
+        with sessions() as session:
+            job = repository.find_jobs(session, KIND, request.model_id, layer=request.layer, dataset_id=task.dataset_id)[0]
+            layer_row = repository.get_layer(session, request.model_id, request.layer)
+            directions = _units_in(session, blobs, layer_row.id, task.dataset_id)
+            pool, vectors = _pool_dictionary_source(session, blobs, request)
+            session.commit()
+        with claimed(sessions, {request.layer: job}, KIND) as rows:
+            states = StateStore(task.store.states)
+            plan_uri = states.save(f"{KIND}-{job.id}-plan", {}, {"plan": task.plan})
+            work = _DecomposePass(task, layer_row.id, directions, list(pool.texts), vectors, plan_uri)
+            result = run_pass(sessions, work, rows, len(directions.units), Cadence(every=1), progress)
+        return {"units_decomposed": result.items, "median_score": work.median_score()}
+    finally:
+        engine.dispose()
+
+
+class _DecomposePass:
+    """The loop's work: items are the direction set's units; each span is decomposed and its
+    rows go into the span's checkpoint transaction. The row's state file holds only the plan."""
+
+    def __init__(self, task: DecomposeTask, layer_id: int, directions, texts: list[str], vectors: np.ndarray,
+                 plan_uri: str) -> None:
+        self.task, self.request, self.layer_id = task, task.request, layer_id
+        self.directions, self.texts, self.plan_uri = directions, texts, plan_uri
+        device = torch.device(self.request.device)
+        self.dictionary = text_dictionary(torch.from_numpy(np.asarray(vectors, dtype=np.float32)),
+                                          self.request.normalisation).to(device)
+        self.pending: list[dict[str, Any]] = []
+        self.pending_units: list[int] = []
+        self.scores: list[float] = []
+
+    def batches(self, start: int):
+        return spans(start, len(self.directions.units), self.request.units_per_batch)
+
+    def compute(self, batch, names: list[str]) -> None:
+        targets = torch.from_numpy(np.asarray(self.directions.directions[batch.start:batch.stop], dtype=np.float32))
+        codes = omp(self.dictionary, targets, self.request.terms)
+        self.pending_units = [int(u) for u in self.directions.units[batch.start:batch.stop]]
+        self.pending = []
+        for b, unit in enumerate(self.pending_units):
+            score = float(codes.scores[b])
+            if int(codes.counts[b]) > 0:
+                self.scores.append(score)
+            for rank, (atom, coefficient) in enumerate(codes.ranked(b)):
+                self.pending.append({"unit": unit, "rank": rank, "text": self.texts[atom],
+                                     "coefficient": float(coefficient), "score": score})
+
+    def save(self, name: str, cursor: int, done: bool) -> Checkpoint:
+        from store.text_pools import layer_unit_ids, replace_decompositions
+
+        units, rows, pool_id, layer_id = self.pending_units, self.pending, self.request.pool_id, self.layer_id
+
+        def write(session) -> None:
+            ids = layer_unit_ids(session, layer_id)
+            replace_decompositions(session, pool_id, [ids[u] for u in units],
+                                   [{"unit_id": ids[row["unit"]], **{k: v for k, v in row.items() if k != "unit"}}
+                                    for row in rows])
+
+        return Checkpoint(self.plan_uri, write)
+
+    def committed(self, name: str, checkpoint: Checkpoint) -> None:
+        self.pending, self.pending_units = [], []
+
+    def median_score(self) -> float | None:
+        return round(float(np.median(self.scores)), 4) if self.scores else None
