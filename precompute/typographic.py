@@ -224,3 +224,59 @@ def changed_units(before: torch.Tensor, after: torch.Tensor, k: int) -> list[int
     """The `k` units whose activation the attack raised most (what carried the word)."""
     delta = (after - before).flatten()
     return [int(i) for i in torch.topk(delta, min(k, delta.numel())).indices]
+
+
+# -- the live probe's computation -----------------------------------------------------------------
+@dataclass(frozen=True)
+class ProbeItem:
+    """One probe request: a picture, the same picture attacked, and which units to silence
+    ("listed": the units the attack raised most; a tuple of indices; empty: no silenced run)."""
+
+    clean: Image.Image
+    attacked: Image.Image
+    silence: str | tuple[int, ...] = ()
+
+
+def attack_readout(loaded: LoadedModel, layer_name: str, items: Sequence[ProbeItem], labels, *, top_k: int = 5,
+                   top_units: int = 8, cache=None) -> list[dict]:
+    """Before and after for a batch of probe requests in one forward pass (two more for the
+    requests that silence units): each request's top classes on the clean and the attacked
+    picture, the units whose activation the attack raised most with both activations, and,
+    where asked, the top classes again with units silenced."""
+    from precompute.zeroshot import class_features, probabilities, top_classes
+
+    text = class_features(loaded, labels, cache)
+    pixels = torch.stack([loaded.preprocess(image) for item in items for image in (item.clean, item.attacked)])
+    features, values = encode_with_layer(loaded, pixels, layer_name)
+    probs = probabilities(loaded, features, text).cpu()
+    values = values.cpu()
+    results: list[dict] = []
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, item in enumerate(items):
+        before, after = values[2 * i], values[2 * i + 1]
+        listed = changed_units(before, after, top_units)
+        results.append({
+            "before": top_classes(labels, probs[2 * i], top_k),
+            "after": top_classes(labels, probs[2 * i + 1], top_k),
+            "before_index": int(probs[2 * i].argmax()),
+            "after_index": int(probs[2 * i + 1].argmax()),
+            "units": [{"unit": u, "before": round(float(before[u]), 5), "after": round(float(after[u]), 5),
+                       "change": round(float(after[u] - before[u]), 5)} for u in listed],
+            "silenced": None,
+            "pixels": (pixels[2 * i], pixels[2 * i + 1]),
+        })
+        chosen = tuple(listed) if item.silence == "listed" else tuple(sorted({int(u) for u in item.silence or ()}))
+        if chosen:
+            groups.setdefault(chosen, []).append(i)
+    for chosen, members in groups.items():
+        batch = torch.stack([pixels[2 * i + j] for i in members for j in (0, 1)])
+        quiet, _ = encode_with_layer(loaded, batch, layer_name, silence=chosen)
+        quiet_probs = probabilities(loaded, quiet, text).cpu()
+        for n, i in enumerate(members):
+            results[i]["silenced"] = {
+                "units": list(chosen),
+                "before": top_classes(labels, quiet_probs[2 * n], top_k),
+                "after": top_classes(labels, quiet_probs[2 * n + 1], top_k),
+                "after_index": int(quiet_probs[2 * n + 1].argmax()),
+            }
+    return results
