@@ -280,3 +280,68 @@ def attack_readout(loaded: LoadedModel, layer_name: str, items: Sequence[ProbeIt
                 "after_index": int(quiet_probs[2 * n + 1].argmax()),
             }
     return results
+
+
+# -- the automated evaluation (Figure 16) -----------------------------------------------------------
+SEARCH_MAX_CHARS = 12  # the article searched "short class names"
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An attack to evaluate: a text and its target class, or no target (a search candidate,
+    whose target is the class it most often makes top)."""
+
+    text: str
+    target: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "attack" if self.target is not None else "search"
+
+
+def read_attacks(text: str) -> list[AttackSpec]:
+    """An attacks file: one `target<TAB>text` (or `target,text`) a line; `#` starts a comment."""
+    specs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        target, sep, attack = line.partition("\t") if "\t" in line else line.partition(",")
+        if not sep or not target.strip() or not attack.strip():
+            raise Problem(422, "bad-attacks-file", f"line {number}: expected 'target<TAB>text' or 'target,text', got {line!r}")
+        specs.append(AttackSpec(check_text(attack), target.strip()))
+    if not specs:
+        raise Problem(422, "bad-attacks-file", "the attacks file lists no attacks")
+    return specs
+
+
+def search_texts(class_names: Sequence[str], pool: Sequence[str] = (), max_chars: int = SEARCH_MAX_CHARS) -> list[str]:
+    """The search's candidates: the short class names, then the pool's words, each once."""
+    seen: dict[str, None] = {}
+    for text in [*class_names, *pool]:
+        text = text.strip()
+        if text and len(text) <= max_chars and text.lower() not in {t.lower() for t in seen}:
+            seen[text] = None
+    return list(seen)
+
+
+def evaluate_attack(loaded: LoadedModel, images: Sequence[Image.Image], clean_top: torch.Tensor, labels, spec: AttackSpec,
+                    batch_size: int = 256, cache=None) -> dict:
+    """One row of Figure 16: the attack's success rate over `images` (pictures already of the
+    target excluded) and its mean pixel cover."""
+    from precompute.zeroshot import classify
+
+    attacked = [render_attack(image, spec.text) for image in images]
+    top = classify(loaded, [a.image for a in attacked], labels, batch_size, cache).argmax(dim=1)
+    if spec.target is not None:
+        outcome = success_rate(clean_top, top, labels.index(spec.target))
+    else:
+        outcome = best_target(clean_top, top, len(labels.names))
+    return {
+        "kind": spec.kind,
+        "text": spec.text,
+        "target": labels.names[outcome.target],
+        "success": outcome.success,
+        "pixel_cover": float(np.mean([a.pixel_cover for a in attacked])) if attacked else 0.0,
+        "images": outcome.counted,
+    }
