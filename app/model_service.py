@@ -117,6 +117,12 @@ class ModelService:
         """The units of `layer` that fire most on a PIL RGB image, with their spatial maps."""
         return self._wait(self.submit("probe", model_id, layer, image, top_k=min(max(top_k, 1), MAX_TOP_UNITS)))
 
+    def typographic(self, model_id: str, layer: str, item: Any, labels: Any, *, top_k: int = 5, top_units: int = 8) -> dict[str, Any]:
+        """Top classes of a picture before and after a typographic attack, the units the attack
+        raised most, and the classes with units silenced (`item`: a precompute.typographic.ProbeItem)."""
+        return self._wait(self.submit("typographic", model_id, layer, item, labels=labels, top_k=min(max(top_k, 1), 20),
+                                      top_units=min(max(top_units, 1), MAX_TOP_UNITS)))
+
     def encode_text(self, model_id: str, text: str) -> Any:
         """The unit-length text embedding (numpy float32) of `text` in the joint space."""
         return self._wait(self.submit("text", model_id, None, text))
@@ -140,11 +146,14 @@ class ModelService:
             groups: dict[tuple[str, str, str | None], list[_Work]] = {}
             for work in batch:
                 if work.future.set_running_or_notify_cancel():
-                    groups.setdefault((work.kind, work.model_id, work.layer), []).append(work)
-            for (kind, model_id, layer), works in groups.items():
+                    key = (work.kind, work.model_id, work.layer)
+                    if work.kind == "typographic":  # one batch per label set and list length
+                        key = (*key, work.options["labels"].id, work.options["top_k"], work.options["top_units"])
+                    groups.setdefault(key, []).append(work)
+            for (kind, model_id, layer, *_), works in groups.items():
                 try:
                     loaded = self._model(model_id)
-                    results = (_probe if kind == "probe" else _encode)(loaded, layer, works)
+                    results = _COMPUTE[kind](loaded, layer, works)
                     self.batches_run += 1
                 except Exception as error:  # each waiting request learns why
                     if not isinstance(error, Problem):
@@ -262,3 +271,39 @@ def _encode(loaded: Any, _layer: str | None, works: list[_Work]) -> list[Any]:
         for (i, _), vector in zip(texts, embeddings):
             results[i] = vector
     return results
+
+
+def _typographic(loaded: Any, layer_name: str | None, works: list[_Work]) -> list[Any]:
+    from precompute.errors import UnknownLayerError
+    from precompute.typographic import attack_readout
+
+    try:
+        loaded.spec.layer(layer_name)
+    except UnknownLayerError as error:
+        raise Problem(404, "unknown-layer", str(error)) from None
+    options = works[0].options
+    results = attack_readout(loaded, layer_name, [work.payload for work in works], options["labels"], top_k=options["top_k"],
+                             top_units=options["top_units"], cache=_TEXT_FEATURES)
+    for result in results:
+        clean, attacked = result.pop("pixels")
+        result["input_png"] = _model_input_png(clean, loaded.preprocess_cfg)
+        result["attacked_png"] = _model_input_png(attacked, loaded.preprocess_cfg)
+    return results
+
+
+class _LazyTextFeatures:
+    """The service's cache of class text embeddings (precompute.zeroshot), made on first use."""
+
+    def __init__(self) -> None:
+        self._cache: Any = None
+
+    def get(self, loaded: Any, labels: Any) -> Any:
+        if self._cache is None:
+            from precompute.zeroshot import TextFeatureCache
+
+            self._cache = TextFeatureCache()
+        return self._cache.get(loaded, labels)
+
+
+_TEXT_FEATURES = _LazyTextFeatures()
+_COMPUTE = {"probe": _probe, "text": _encode, "typographic": _typographic}

@@ -35,7 +35,7 @@ from store.session import make_engine, make_sessionmaker
 SMALL_BODY = 64 * 1024
 # Multipart framing around an upload's bytes (boundaries, part headers, the other fields).
 MULTIPART_SLACK = 64 * 1024
-UPLOAD_PATHS = ("/probe", f"{API_PREFIX}/probe")
+UPLOAD_PATHS = ("/probe", f"{API_PREFIX}/probe", "/probe/typographic", f"{API_PREFIX}/probe/typographic")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

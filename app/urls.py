@@ -105,6 +105,12 @@ class Urls:
     def probe(self, **params: Any) -> str:
         return self.path("/probe", **params)
 
+    def probe_typographic(self, **params: Any) -> str:
+        return self.path("/probe/typographic", **params)
+
+    def typographic_evals(self, **params: Any) -> str:
+        return self.path("/typographic", **params)
+
     def jobs(self, **params: Any) -> str:
         return self.path("/jobs", **params)
 

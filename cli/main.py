@@ -570,6 +570,61 @@ def precompute_directions(
     typer.echo(json.dumps(summary))
 
 
+@precompute_app.command("typographic-eval")
+def precompute_typographic_eval(
+    model: Annotated[str, typer.Option(help="A registered model id.")],
+    dataset: Annotated[str, typer.Option(help="A registered dataset id (held-out pictures).")],
+    labels: Annotated[str, typer.Option(help="Label set: world-shapes, world-colors, world, imagenet.")] = "world-shapes",
+    label_file: Annotated[Optional[Path], typer.Option(help="Your own labels instead, one a line.")] = None,
+    attacks: Annotated[Optional[Path], typer.Option(help="Attacks to evaluate, one 'target<TAB>text' a line (default: every class named by itself).")] = None,
+    search: Annotated[bool, typer.Option(help="Also search short class names and pool words for the most effective attacks.")] = True,
+    search_pool: Annotated[Optional[str], typer.Option(help="Words the search tries: 'world' (the toy vocabulary; default for the world's label sets), 'none', or a file, one a line.")] = None,
+    limit: Annotated[int, typer.Option(help="Pictures of the dataset to attack.")] = 1000,
+    attacks_per_batch: Annotated[int, typer.Option(help="Attacks per checkpoint batch.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Pictures per forward pass.")] = 256,
+    restart: Annotated[bool, typer.Option(help="Discard earlier progress and recompute.")] = False,
+    engine: Annotated[str, typer.Option(help="local (in this process) or ray (the pass as a Ray task).")] = "local",
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Typographic attacks in the Distill article's automated setup: success rate and pixel cover
+    of each attack (Figure 16), and a search for the most effective short texts."""
+    from precompute.typographic import read_attacks
+    from precompute.zeroshot import WORLD_SETS
+    from workers.engines import StoreConfig
+    from workers.typographic_job import TypographicRequest, run_typographic
+
+    def lines(path: Path) -> list[str]:
+        try:
+            return [line.strip() for line in path.expanduser().read_text().splitlines() if line.strip()]
+        except OSError as error:
+            raise MicroscopeError(f"cannot read {path}: {error.strerror}") from None
+
+    custom = tuple(lines(label_file)) if label_file else ()
+    specs = ()
+    if attacks is not None:
+        try:
+            specs = tuple(read_attacks("\n".join(lines(attacks))))
+        except Problem as error:
+            raise MicroscopeError(f"{attacks}: {error.detail}") from None
+    pool_choice = search_pool or ("world" if labels in WORLD_SETS and not custom else "none")
+    if pool_choice == "world":
+        from precompute.world import COLORS, COMMON_WORDS, NUMBER_WORDS
+
+        pool = (*COLORS, *NUMBER_WORDS, *COMMON_WORDS)
+    elif pool_choice == "none":
+        pool = ()
+    else:
+        pool = tuple(lines(Path(pool_choice)))
+    request = TypographicRequest(
+        model_id=model, dataset_id=dataset, labels=labels, custom_labels=custom, attacks=specs, search_pool=pool,
+        search=search, limit=limit, attacks_per_batch=attacks_per_batch, batch_size=batch_size, device=_device(device),
+        engine=engine, restart=restart,
+    )
+    summary = run_typographic(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
+    typer.echo(json.dumps(summary))
+
+
 # --- tokens ---------------------------------------------------------------------------
 
 

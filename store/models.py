@@ -447,3 +447,31 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+TYPOGRAPHIC_KINDS = ("attack", "search")
+
+
+class TypographicResult(Base):
+    """One row of a typographic evaluation (the Distill article's Figure 16): an attack text and
+    its target class, evaluated on a dataset against a label set. `kind` says whether the
+    (target, text) pair was asked for (`attack`) or the search found the target (`search`)."""
+
+    __tablename__ = "typographic_results"
+    __table_args__ = (
+        UniqueConstraint("model_id", "dataset_id", "label_set", "kind", "text"),
+        CheckConstraint(_in("kind", TYPOGRAPHIC_KINDS), name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    label_set: Mapped[str] = mapped_column(String(64))
+    setup: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(256))
+    success: Mapped[float | None] = mapped_column(Float)
+    pixel_cover: Mapped[float] = mapped_column(Float)
+    images: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

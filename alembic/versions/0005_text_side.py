@@ -1,6 +1,6 @@
 """text side: cached text embeddings per (model, pool), decomposition reconstruction scores
 
-Revision ID: 0005t
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-01
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '0005t'
+revision: str = '0005'
 down_revision: str | Sequence[str] | None = '0004'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

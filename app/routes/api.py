@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Upload
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
-from app import auth, live
+from app import auth, live, live_typographic
+from app.live_typographic import AttackForm
 from app import pages as builders
 from app.dependencies import get_session
 from app.pages.common import DEFAULT_PER_PAGE, MAX_PER_PAGE, require_annotation, require_collection, require_unit
@@ -226,6 +227,59 @@ def probe(
     session: Session = Depends(get_session),
 ) -> Any:
     return live.probe(request, session, model_id=model, layer=layer, top_k=top_k, upload=file, dataset=dataset, position=position)
+
+
+# -- typographic probe -----------------------------------------------------------------------------
+@router.get("/probe/typographic", response_model=s.TypographicForm, responses=E404, tags=["probe"],
+            summary="What /probe/typographic offers: models, layers, label sets, dataset images, limits")
+def typographic_form(
+    request: Request, model: str | None = Query(None, max_length=128), layer: str | None = Query(None, max_length=256),
+    dataset: str | None = Query(None, max_length=128), page: int = Page, session: Session = Depends(get_session),
+) -> Any:
+    return builders.typographic_form(session, request_urls(request), model_id=model, layer=layer, dataset=dataset, page=page,
+                                     limits=live.upload_limits_info(request))
+
+
+@router.post(
+    "/probe/typographic",
+    response_model=s.TypographicResult,
+    responses={
+        **E404, **E_LIVE,
+        400: {"model": s.ErrorBody, "description": "No image given, or an empty file."},
+        410: {"model": s.ErrorBody, "description": "The upload_ref names an upload no longer kept."},
+        413: {"model": s.ErrorBody, "description": "The file or the picture is too large."},
+        415: {"model": s.ErrorBody, "description": "The file is not an accepted image format."},
+    },
+    dependencies=[Depends(limit_live)],
+    tags=["probe"],
+    summary="Write text on a picture: top classes before and after, the units that carried it, silenced (live, rate limited)",
+)
+def typographic_probe(
+    request: Request,
+    model: str = Form(..., max_length=128),
+    layer: str | None = Form(None, max_length=256),
+    text: str = Form("", max_length=1000, description="The attack text, 1 to 64 characters."),
+    setup: str = Form("fixed", max_length=16, description="'fixed' (the article's automated setup) or 'custom'."),
+    x: float = Form(0.5, description="custom: the text's centre, a fraction of the width (0 to 1)."),
+    y: float = Form(0.5, description="custom: the text's centre, a fraction of the height (0 to 1)."),
+    size: float = Form(0.17, description="custom: font size, a fraction of the shorter side."),
+    color: str = Form("#ffffff", max_length=32),
+    outline: str = Form("#000000", max_length=32, description="Outline colour; empty for none."),
+    rotation: float = Form(0.0, description="custom: degrees, counter-clockwise."),
+    labels: str | None = Form(None, max_length=64, description="A built-in label set (world-shapes, imagenet, ...)."),
+    custom_labels: str | None = Form(None, max_length=64_000, description="Your own labels, one a line or comma separated."),
+    silence: str = Form("", max_length=4000, description="'listed' to silence the listed units, or unit indices 1,2,3."),
+    top_k: int = Form(5, ge=1, le=20),
+    top_units: int = Form(8, ge=1, le=64),
+    dataset: str | None = Form(None, max_length=128),
+    position: int | None = Form(None, ge=0, le=MAX_ID),
+    upload_ref: str | None = Form(None, max_length=64, description="The sha256 of an upload made moments ago."),
+    file: UploadFile | None = File(None, description="PNG, JPEG, GIF, WebP or BMP."),
+    session: Session = Depends(get_session),
+) -> Any:
+    form = AttackForm(text, setup, x, y, size, color, outline, rotation, labels, custom_labels, silence, top_k, top_units)
+    return live_typographic.typographic_probe(request, session, model_id=model, layer=layer, form=form, upload=file,
+                                              dataset=dataset, position=position, upload_ref=upload_ref)
 
 
 # -- writes --------------------------------------------------------------------------------------

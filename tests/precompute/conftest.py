@@ -14,3 +14,17 @@ def random_checkpoints(tmp_path_factory):
         torch.manual_seed(0)
         paths[arch] = write_checkpoint(open_clip.create_model(arch, pretrained=None), folder / f"{arch}.safetensors")
     return paths
+
+
+@pytest.fixture(scope="session")
+def toy_rn():
+    from precompute.registry import load_embedded
+
+    return load_embedded("toy-rn", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def toy_vit():
+    from precompute.registry import load_embedded
+
+    return load_embedded("toy-vit", device="cpu")

@@ -1,0 +1,209 @@
+"""Zero-shot classification against a label set, as CLIP classifies ImageNet.
+
+A label set is a list of class names and the prompts that name each class:
+
+  - ``imagenet``: ImageNet's 1,000 class names with OpenAI's 80 prompt templates (both ship
+    with open_clip), each class the normalised mean of its prompts' embeddings;
+  - ``world`` (the synthetic world's 48 colour x shape classes), ``world-shapes`` (its six
+    shapes) and ``world-colors`` (its eight colours), named by the world's prompt ensemble
+    (`precompute.toy.evaluate.class_text_features`); a shape is the mean of its colour x shape
+    classes over the colours, a colour the mean over the shapes;
+  - the user's own labels (two or more), with OpenAI's templates for a real CLIP, and the
+    world's singular templates for a toy model, whose word-level vocabulary knows no others.
+
+Class text embeddings are cached per (model, label set): the text tower runs once per pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from precompute.errors import Problem
+from precompute.registry import LoadedModel
+
+WORLD_SETS = ("world", "world-shapes", "world-colors")
+BUILTIN_SETS = (*WORLD_SETS, "imagenet")
+MAX_USER_LABELS = 1000
+MAX_LABEL_CHARS = 64
+# The world's singular prompts with a free class name: what a toy tokenizer can read.
+TOY_USER_TEMPLATES = ("a photo of a {}", "a {}", "a picture of a {}")
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """A named list of classes. `id` is a built-in set's name or `user-<hash>` for user labels."""
+
+    id: str
+    names: tuple[str, ...]
+
+    @property
+    def user(self) -> bool:
+        return self.id not in BUILTIN_SETS
+
+    def index(self, name: str) -> int:
+        """The class called `name` (any case), or a 422 naming the set."""
+        folded = name.strip().lower()
+        for i, candidate in enumerate(self.names):
+            if candidate.lower() == folded:
+                return i
+        raise Problem(422, "unknown-class", f"label set {self.id!r} has no class {name!r}")
+
+
+def world_names(set_id: str) -> tuple[str, ...]:
+    from precompute.world import COLORS, SHAPES
+
+    if set_id == "world-shapes":
+        return tuple(SHAPES)
+    if set_id == "world-colors":
+        return tuple(COLORS)
+    return tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)
+
+
+def label_set(spec: str | None = None, labels: list[str] | tuple[str, ...] | None = None) -> LabelSet:
+    """The label set `spec` names (a built-in set), or one of the user's `labels`.
+
+    Refusals are 422 Problems with a reason: fewer than two labels, a repeated or empty
+    label, an unknown set name."""
+    if labels:
+        cleaned = [label.strip() for label in labels]
+        if any(not label for label in cleaned):
+            raise Problem(422, "empty-label", "a label is empty")
+        if any(len(label) > MAX_LABEL_CHARS for label in cleaned):
+            raise Problem(422, "label-too-long", f"labels are at most {MAX_LABEL_CHARS} characters")
+        if len(cleaned) < 2:
+            raise Problem(422, "too-few-labels", "a label set needs at least two labels to choose between")
+        if len(cleaned) > MAX_USER_LABELS:
+            raise Problem(422, "too-many-labels", f"a label set has at most {MAX_USER_LABELS} labels")
+        if len({label.lower() for label in cleaned}) != len(cleaned):
+            raise Problem(422, "repeated-label", "each label may appear only once")
+        digest = hashlib.sha256("\n".join(cleaned).encode()).hexdigest()[:12]
+        return LabelSet(f"user-{digest}", tuple(cleaned))
+    spec = (spec or "world-shapes").strip()
+    if spec in WORLD_SETS:
+        return LabelSet(spec, world_names(spec))
+    if spec == "imagenet":
+        import open_clip
+
+        return LabelSet("imagenet", tuple(open_clip.IMAGENET_CLASSNAMES))
+    raise Problem(422, "unknown-label-set", f"no label set {spec!r}; built-in sets: {', '.join(BUILTIN_SETS)}, or give your own labels")
+
+
+def _is_toy(loaded: LoadedModel) -> bool:
+    return hasattr(loaded.tokenizer, "unknown_words")
+
+
+def _check_vocabulary(loaded: LoadedModel, texts: list[str]) -> None:
+    if not _is_toy(loaded):
+        return
+    unknown = sorted({word for text in texts for word in loaded.tokenizer.unknown_words(text)})
+    if unknown:
+        shown = ", ".join(unknown[:12]) + (" ..." if len(unknown) > 12 else "")
+        raise Problem(422, "unknown-words", f"{loaded.model_id} does not know the words {shown}", unknown_words=unknown[:100])
+
+
+@torch.inference_mode()
+def _prompt_means(loaded: LoadedModel, names: tuple[str, ...], templates, batch: int = 1000) -> torch.Tensor:
+    from precompute.toy.evaluate import encode_texts
+
+    texts = [template(name) if callable(template) else template.format(name) for name in names for template in templates]
+    _check_vocabulary(loaded, texts)
+    features = torch.cat([encode_texts(loaded, texts[i:i + batch]) for i in range(0, len(texts), batch)])
+    return F.normalize(features.view(len(names), len(templates), -1).mean(dim=1), dim=-1)
+
+
+def _build(loaded: LoadedModel, labels: LabelSet) -> torch.Tensor:
+    from precompute.world import COLORS, SHAPES
+
+    if labels.id in WORLD_SETS:
+        if not _is_toy(loaded):
+            raise Problem(422, "world-labels-need-toy-model", "the world's label sets name the synthetic world's classes; use a toy model")
+        from precompute.toy.evaluate import class_text_features
+
+        features = class_text_features(loaded).view(len(COLORS), len(SHAPES), -1)
+        if labels.id == "world-shapes":
+            return F.normalize(features.mean(dim=0), dim=-1)
+        if labels.id == "world-colors":
+            return F.normalize(features.mean(dim=1), dim=-1)
+        return features.reshape(len(COLORS) * len(SHAPES), -1)
+    if _is_toy(loaded):
+        return _prompt_means(loaded, labels.names, TOY_USER_TEMPLATES)
+    import open_clip
+
+    return _prompt_means(loaded, labels.names, open_clip.OPENAI_IMAGENET_TEMPLATES)
+
+
+class TextFeatureCache:
+    """Class text embeddings per (model, label set), least recently used evicted."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.builds = 0
+
+    @staticmethod
+    def key(loaded: LoadedModel, labels: LabelSet) -> tuple:
+        weights = loaded.checkpoint_sha256 or loaded.pretrained_tag or loaded.source
+        return (loaded.model_id, loaded.spec.name, weights, id(loaded.model), labels.id)
+
+    def get(self, loaded: LoadedModel, labels: LabelSet) -> torch.Tensor:
+        key = self.key(loaded, labels)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        features = _build(loaded, labels)
+        with self._lock:
+            self.builds += 1
+            self._items[key] = features
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return features
+
+
+DEFAULT_CACHE = TextFeatureCache()
+
+
+def class_features(loaded: LoadedModel, labels: LabelSet, cache: TextFeatureCache | None = None) -> torch.Tensor:
+    """(classes, dim) unit vectors naming `labels` for `loaded`, from the cache."""
+    return (cache or DEFAULT_CACHE).get(loaded, labels)
+
+
+def logit_scale(loaded: LoadedModel) -> float:
+    scale = getattr(loaded.model, "logit_scale", None)
+    return float(scale.exp()) if scale is not None else 100.0
+
+
+def probabilities(loaded: LoadedModel, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """(images, classes) softmax of the model's scaled cosine similarities."""
+    logits = logit_scale(loaded) * F.normalize(image_features.float(), dim=-1) @ text_features.float().t().to(image_features.device)
+    return logits.softmax(dim=-1)
+
+
+@torch.inference_mode()
+def classify_pixels(loaded: LoadedModel, pixels: torch.Tensor, labels: LabelSet, cache: TextFeatureCache | None = None) -> torch.Tensor:
+    """Class probabilities of a batch of preprocessed images."""
+    image_features = loaded.model.encode_image(pixels.to(loaded.device))
+    return probabilities(loaded, image_features, class_features(loaded, labels, cache)).cpu()
+
+
+def classify(loaded: LoadedModel, images: list, labels: LabelSet, batch_size: int = 256,
+             cache: TextFeatureCache | None = None) -> torch.Tensor:
+    """Class probabilities (images, classes) of PIL images."""
+    parts = []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.stack([loaded.preprocess(image) for image in images[start:start + batch_size]])
+        parts.append(classify_pixels(loaded, pixels, labels, cache))
+    return torch.cat(parts) if parts else torch.empty(0, len(labels.names))
+
+
+def top_classes(labels: LabelSet, probs: torch.Tensor, k: int = 5) -> list[dict]:
+    """The `k` most likely classes of one image's probabilities, most likely first."""
+    values, indices = probs.topk(min(k, probs.numel()))
+    return [{"label": labels.names[int(i)], "index": int(i), "probability": round(float(v), 5)} for v, i in zip(values, indices)]
