@@ -16,6 +16,7 @@ small state file the job row points at: a re-run with another plan starts the la
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,3 +242,34 @@ class _DecomposePass:
 
     def median_score(self) -> float | None:
         return round(float(np.median(self.scores)), 4) if self.scores else None
+
+
+def decompose_layers(store: StoreConfig, layers: dict[str, Sequence[str]], *, pool: str = "world",
+                     terms: int = DEFAULT_TERMS, loaded: dict[str, Any] | None = None, device: str = "cpu",
+                     show_progress: bool = True) -> Iterator[str]:
+    """What the demo runs after the directions job: the world pool (added when missing) and
+    every named layer's decompositions over it ({model: [layers]}), one line of news per
+    layer. A layer without directions is said and skipped, not an error."""
+    from precompute.text_pools import pool_texts
+    from store.text_pools import add_pool
+
+    engine, sessions = sessions_for(store)
+    try:
+        with sessions() as session:
+            world = pool_texts("world")
+            _, created = add_pool(session, pool, world.texts, world.source)
+            session.commit()
+    finally:
+        engine.dispose()
+    yield f"text pool {pool}: {len(world.texts)} texts, {world.description}{'' if created else ' (already there)'}"
+    for model_id, names in layers.items():
+        for layer in names:
+            request = DecomposeRequest(model_id=model_id, layer=layer, pool_id=pool, terms=terms, device=device)
+            try:
+                summary = run_decompose(store, request, show_progress=show_progress,
+                                        loaded=(loaded or {}).get(model_id))
+            except MicroscopeError as error:
+                yield f"{model_id} {layer}: no decompositions ({error})"
+                continue
+            yield (f"{model_id} {layer}: decompositions over {pool}, {terms} terms "
+                   f"(median reconstruction score {summary.get('median_score')}; {summary['status']})")
