@@ -31,7 +31,7 @@ app.add_typer(toy_app, name="toy")
 tokens_app = typer.Typer(help="API tokens for writing labels, notes and collections.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 datasets_app = typer.Typer(help="Register image datasets (folders, URLs, tar shards, the synthetic world).", no_args_is_help=True)
-precompute_app = typer.Typer(help="Precompute dataset examples, statistics and rastered words (resumable jobs).", no_args_is_help=True)
+precompute_app = typer.Typer(help="Precompute dataset examples, statistics, rastered words and neuron directions (resumable jobs).", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(precompute_app, name="precompute")
 
@@ -536,6 +536,37 @@ def precompute_words(
         device=_device(device),
     )
     summary = run_words(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
+    typer.echo(json.dumps(summary))
+
+
+@precompute_app.command("directions")
+def precompute_directions(
+    model: Annotated[str, typer.Option(help="A registered model id.")],
+    layers: Annotated[list[str], typer.Option("--layer", help="Layer name; repeat for several (one pass serves all).")],
+    dataset: Annotated[str, typer.Option(help="A registered dataset id.")],
+    top: Annotated[int, typer.Option(help="Images with the largest effects kept per neuron for its direction.")] = 100,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the dataset's first N images.")] = None,
+    shards: Annotated[int, typer.Option(help="Contiguous dataset shards (jobs) per layer and pass.")] = 1,
+    engine: Annotated[str, typer.Option(help="local (in this process) or ray (shards as Ray tasks).")] = "local",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    checkpoint_every: Annotated[int, typer.Option(help="Batches between checkpoints (at most).")] = 20,
+    checkpoint_seconds: Annotated[float, typer.Option(help="Seconds between checkpoints (at most).")] = 60.0,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $MICROSCOPE_RAY_ADDRESS, $RAY_ADDRESS or a local Ray).")] = None,
+    restart: Annotated[bool, typer.Option(help="Discard earlier progress of these layers and recompute.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Each neuron's direction in the joint image-text space (the second-order lens), its mean
+    effect and significance threshold, over a dataset: two resumable passes."""
+    from workers.directions_job import DirectionsRequest, run_directions
+    from workers.engines import StoreConfig
+
+    request = DirectionsRequest(
+        model_id=model, dataset_id=dataset, layers=tuple(layers), top=top, limit=limit, shards=shards, engine=engine,
+        batch_size=batch_size, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+        ray_address=ray_address, restart=restart, device=_device(device),
+    )
+    summary = run_directions(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
     typer.echo(json.dumps(summary))
 
 
