@@ -39,9 +39,6 @@ class UnitMatrix:
     vectors: Any  # np.ndarray[float32] (rows, dim), unit length (zero rows stay zero)
     uris: tuple[str, ...] = ()
     missing: frozenset[str] = frozenset()  # stored references whose blob is missing from the store
-    # Per row, how large the unit's significant effects are (a direction set's thresholds): the
-    # prompt search weighs each direction by it. None for matrices that have none.
-    scales: Any = None
     # Every row's nearest rows, built on first use and kept with the matrix: a unit page then
     # looks its neighbours up instead of scoring the whole layer on each view.
     _neighbours: dict[int, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
@@ -147,8 +144,7 @@ class VectorCache:
             except MissingBlob:
                 return UnitMatrix(np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), (), frozenset({uri}))
             keep = np.linalg.norm(value.directions, axis=1) > 0
-            return UnitMatrix(np.asarray(value.units[keep], dtype=np.int64), normalise_rows(value.directions[keep]), (uri,),
-                              scales=np.asarray(value.thresholds[keep], dtype=np.float32))
+            return UnitMatrix(np.asarray(value.units[keep], dtype=np.int64), normalise_rows(value.directions[keep]), (uri,))
 
         matrix = self._cache.get(("directions", layer_id, uri), load, None)
         if matrix.missing:  # not kept: a restored file counts on the next view

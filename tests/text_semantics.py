@@ -100,7 +100,16 @@ def measure(model: str, folder: Path, images: int = 2000) -> dict:
 
     loaded = load_embedded(model)
     url = f"sqlite:///{folder / 'semantics.db'}"
-    layer = build_store(url, folder, model, images, loaded)
+    if (folder / "semantics.db").exists():  # a store built before: (re)decompose only
+        from workers.decompose_job import decompose_layers
+        from workers.engines import StoreConfig
+
+        layer = loaded.spec.final_layer.name
+        for _ in decompose_layers(StoreConfig(url, str(folder / "blobs")), {model: [layer]}, loaded={model: loaded},
+                                  show_progress=False):
+            pass
+    else:
+        layer = build_store(url, folder, model, images, loaded)
 
     engine = make_engine(url)
     with make_sessionmaker(engine)() as session:
@@ -157,8 +166,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--model", action="append")
+    parser.add_argument("--folder", type=Path, help="Keep (or reuse) the store here instead of a temporary folder.")
     args = parser.parse_args()
     for model in args.model or MODELS:
+        if args.folder:
+            (args.folder / model).mkdir(parents=True, exist_ok=True)
+            print(json.dumps(measure(model, args.folder / model, args.images)), flush=True)
+            continue
         with tempfile.TemporaryDirectory() as folder:
             print(json.dumps(measure(model, Path(folder), args.images)), flush=True)
 

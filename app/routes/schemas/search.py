@@ -42,7 +42,7 @@ class PromptResult(BaseModel):
     layer: str
     index: int
     rank: int = Field(description="Place in the prompt's sparse code: positive coefficients first, then negative, each largest first.")
-    coefficient: float = Field(description="Signed weight of the unit's (unit-length) direction in the prompt's sparse code (OMP over directions weighed by each unit's threshold).")
+    coefficient: float = Field(description="Signed weight of the unit's (unit-length) direction in the prompt's sparse code (OMP).")
     similarity: float = Field(description="Cosine between the unit's direction and the (centred) prompt embedding.")
     label: str | None
     thumbnail_url: str | None = Field(description=THUMBNAIL_URL_DESCRIPTION)
