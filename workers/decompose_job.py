@@ -246,8 +246,9 @@ class _DecomposePass:
 
 # The toy models' world pool is 389 words in a 128-dimensional space: 32 terms fit almost any
 # direction (reconstruction ~0.98) and their coefficients stop meaning much. 8 terms with the
-# authors' per-dimension normalisation name toy-rn's colour units (5 of the 6 that meet the bar
-# in figures.json; 1 of 6 with 32 unit-normalised terms), measured on 2,000 world images.
+# authors' per-dimension normalisation name the colour units' colour in their top 5 terms (of
+# the 6 that meet figures.json's bar: toy-rn 5, toy-vit 4; with 32 unit-normalised terms 1 and
+# 0), measured on 2,000 world images with tests/text_semantics.py.
 DEMO_TERMS = 8
 DEMO_NORMALISATION = "per-dimension"
 
