@@ -89,7 +89,7 @@ def test_prompt_search_composes_the_prompt_from_unit_directions(client: TestClie
     units = np.array(list(PLANTED))
     keep = np.linalg.norm(directions, axis=1) > 0
     code = orthogonal_mp(directions[keep].T.astype(np.float64), target, n_nonzero_coefs=4)
-    order = sorted(np.flatnonzero(code), key=lambda i: -abs(code[i]))
+    order = sorted(np.flatnonzero(code), key=lambda i: (code[i] <= 0, -abs(code[i])))  # thresholds are 1 here
     assert [r["index"] for r in body["results"]] == units[keep][order].tolist()
     assert [r["coefficient"] for r in body["results"]] == pytest.approx(code[order].tolist(), abs=1e-3)
     assert body["results"][0]["index"] == RED_UNIT  # the unit whose direction is "red" comes first

@@ -262,7 +262,7 @@ def test_prompt_search_is_a_sparse_code_over_the_directions(live_web: TestClient
         text = torch.nn.functional.normalize(loaded.model.encode_text(loaded.tokenizer(["a red circle"])), dim=-1)[0].numpy()
     directions = text_model["directions"] / np.linalg.norm(text_model["directions"], axis=1, keepdims=True)
     code = orthogonal_mp(directions.T.astype(np.float64), text.astype(np.float64), n_nonzero_coefs=5)
-    expected = sorted(np.flatnonzero(code), key=lambda i: -abs(code[i]))
+    expected = sorted(np.flatnonzero(code), key=lambda i: (code[i] <= 0, -abs(code[i])))  # adds, then subtracts
     assert [u["index"] for u in body["results"]] == expected
     assert [u["coefficient"] for u in body["results"]] == pytest.approx(code[expected].tolist(), abs=1e-4)
     assert [u["similarity"] for u in body["results"]] == pytest.approx((directions[expected] @ text).tolist(), abs=1e-4)
@@ -271,7 +271,7 @@ def test_prompt_search_is_a_sparse_code_over_the_directions(live_web: TestClient
     page = parse(live_web.get("/search", params={"prompt": "a red circle", "model": "toy-text"}).text)
     cards = page.one("section", id="prompt-results").find_all("a", data_unit=True)
     full = orthogonal_mp(directions.T.astype(np.float64), text.astype(np.float64), n_nonzero_coefs=10)
-    assert [int(c["data-unit"]) for c in cards] == sorted(range(10), key=lambda i: -abs(full[i]))
+    assert [int(c["data-unit"]) for c in cards] == sorted(range(10), key=lambda i: (full[i] <= 0, -abs(full[i])))
 
 
 def test_prompt_search_says_what_it_cannot_do(live_web: TestClient, text_model: dict) -> None:

@@ -107,3 +107,17 @@ def test_bad_requests_are_refused_before_any_work(migrated_url, tmp_path, toy_vi
     with pytest.raises(MicroscopeError, match="has no neuron directions"):
         run_decompose(store, request(layer="transformer.resblocks.4.mlp"), show_progress=False, loaded=toy_vit)
     assert _decompositions(migrated_url)[0] == {}
+
+
+def test_the_demo_step_decomposes_the_layers_with_directions_and_says_which_have_none(migrated_url, tmp_path, toy_vit):
+    from workers.decompose_job import decompose_layers
+
+    _prepare(migrated_url, tmp_path, toy_vit)
+    lines = list(decompose_layers(store_config(migrated_url, tmp_path),
+                                  {"toy-vit": [LAYER, "transformer.resblocks.4.mlp"]}, terms=4,
+                                  loaded={"toy-vit": toy_vit}, show_progress=False))
+    assert lines[0].startswith("text pool world:") and lines[0].endswith("(already there)")
+    assert lines[1].startswith(f"toy-vit {LAYER}: decompositions over world, 4 terms") and "done" in lines[1]
+    assert "no decompositions" in lines[2] and "has no neuron directions" in lines[2]
+    found, _ = _decompositions(migrated_url)
+    assert len(found) == len(PLANTED) - 1 and all(len(terms) == 4 for terms in found.values())

@@ -41,8 +41,8 @@ class PromptResult(BaseModel):
     model: str
     layer: str
     index: int
-    rank: int = Field(description="Place in the prompt's sparse code, largest |coefficient| first.")
-    coefficient: float = Field(description="Signed weight of the unit's direction in the prompt's sparse code (OMP).")
+    rank: int = Field(description="Place in the prompt's sparse code: positive coefficients first, then negative, each largest first.")
+    coefficient: float = Field(description="Signed weight of the unit's (unit-length) direction in the prompt's sparse code (OMP).")
     similarity: float = Field(description="Cosine between the unit's direction and the (centred) prompt embedding.")
     label: str | None
     thumbnail_url: str | None = Field(description=THUMBNAIL_URL_DESCRIPTION)
