@@ -63,8 +63,9 @@ class MeanEffects:
 
 
 class TopEffects:
-    """Per neuron, the k images with the largest ||phi_n - b_n||: their norms, dataset positions
-    and centred effects, ordered by norm (descending), ties by position (ascending)."""
+    """Per neuron, the k images with the largest ||phi_n - b_n|| (ties: the smaller dataset
+    position): their norms, positions and centred effects, in k slots (unordered; an empty slot
+    has norm -inf)."""
 
     def __init__(self, mean: np.ndarray, k: int = TOP_IMAGES) -> None:
         if k < 1:
@@ -87,27 +88,40 @@ class TopEffects:
             return
         centred = effects.float().cpu() - torch.from_numpy(self.mean)[None]
         norms = centred.norm(dim=-1).T.contiguous().numpy()  # [N, B]
-        centred = centred.transpose(0, 1).numpy()  # [N, B, d]
+        centred = centred.transpose(0, 1).numpy()  # [N, B, d] (a view)
         positions = np.asarray(positions, dtype=np.int64)
-        # only neurons where some new image beats the current k-th can change
-        changed = np.nonzero((norms > self.norms[:, -1:]).any(axis=1)
-                             | ((norms == self.norms[:, -1:]) & (positions[None] < self.positions[:, -1:])).any(axis=1))[0]
+        # only neurons where some new image reaches the current k-th can change
+        changed = np.nonzero((norms >= self.norms.min(axis=1, keepdims=True)).any(axis=1))[0]
         self._merge_into(changed, norms[changed], np.broadcast_to(positions, (len(changed), batch)), centred, changed)
 
     def _merge_into(self, rows: np.ndarray, norms: np.ndarray, positions: np.ndarray, effects: np.ndarray,
                     effect_rows: np.ndarray) -> None:
-        dim = self.effects.shape[2]
-        step = max(1, _UPDATE_BYTES // max(1, (self.k + norms.shape[1]) * dim * 4))
+        """Merge candidates (norms, positions [R, M], effects[effect_rows] [R, M, d]) into neurons
+        `rows`. Slots are unordered: an image that enters takes the slot of one that leaves (the
+        j-th leaving slot, ascending, for the j-th entering candidate), so only entering effects
+        are copied."""
+        k = self.k
+        step = max(1, _UPDATE_BYTES // max(1, (k + norms.shape[1]) * 8 * 4))
         for begin in range(0, len(rows), step):
             units = rows[begin:begin + step]
-            cand_norms = np.concatenate([self.norms[units], norms[begin:begin + step]], axis=1)
-            cand_positions = np.concatenate([self.positions[units], positions[begin:begin + step]], axis=1)
+            new_norms, new_positions = norms[begin:begin + step], positions[begin:begin + step]
+            cand_norms = np.concatenate([self.norms[units], new_norms], axis=1)
+            cand_positions = np.concatenate([self.positions[units], new_positions], axis=1)
             # norm descending, then position ascending: lexsort's last key is the primary one
-            order = np.lexsort((cand_positions, -cand_norms), axis=1)[:, : self.k]
-            cand_effects = np.concatenate([self.effects[units], effects[effect_rows[begin:begin + step]]], axis=1)
-            self.norms[units] = np.take_along_axis(cand_norms, order, axis=1)
-            self.positions[units] = np.take_along_axis(cand_positions, order, axis=1)
-            self.effects[units] = np.take_along_axis(cand_effects, order[..., None], axis=1)
+            order = np.lexsort((cand_positions, -cand_norms), axis=1)[:, :k]
+            selected = np.zeros(cand_norms.shape, dtype=bool)
+            np.put_along_axis(selected, order, True, axis=1)
+            leaving, entering = ~selected[:, :k], selected[:, k:]
+            counts = entering.sum(axis=1)
+            if not counts.any():
+                continue
+            slots = np.argsort(~leaving, axis=1, kind="stable")  # leaving slots first, ascending
+            incoming = np.argsort(~entering, axis=1, kind="stable")  # entering candidates first
+            r, j = np.nonzero(np.arange(min(k, entering.shape[1]))[None, :] < counts[:, None])
+            slot, candidate = slots[r, j], incoming[r, j]
+            self.norms[units[r], slot] = new_norms[r, candidate]
+            self.positions[units[r], slot] = new_positions[r, candidate]
+            self.effects[units[r], slot] = effects[effect_rows[begin:begin + step][r], candidate]
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         return {"mean": self.mean, "norms": self.norms, "positions": self.positions, "effects": self.effects}, {"k": self.k}
@@ -166,13 +180,13 @@ def directions(top: TopEffects) -> tuple[np.ndarray, np.ndarray]:
         top_value = eigenvalues[:, -1]
         first = first / first.norm(dim=1, keepdim=True).clamp_min(1e-300)
         projections = torch.einsum("nkd,nd->nk", rows, first)
-        valid = torch.from_numpy(np.arange(k)[None, :] < kept[begin:end, None])
+        valid = torch.from_numpy(np.isfinite(top.norms[begin:end]))
         positive = ((projections > 0) & valid).sum(dim=1)
         negative = ((projections < 0) & valid).sum(dim=1)
         flip = (negative > positive) | ((negative == positive) & (projections.sum(dim=1) < 0))
         first = torch.where(flip[:, None], -first, first)
         first = torch.where((top_value > 0)[:, None], first, torch.zeros_like(first))
         out[begin:end] = first.float().numpy()
-    last = np.maximum(kept - 1, 0)
-    thresholds = np.where(kept > 0, top.norms[np.arange(units), last], 0.0).astype(np.float32)
+    smallest = np.where(np.isfinite(top.norms), top.norms, np.inf).min(axis=1)
+    thresholds = np.where(kept > 0, smallest, 0.0).astype(np.float32)
     return out, thresholds

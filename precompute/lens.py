@@ -171,6 +171,7 @@ class _VitLens:
         map_bytes = self.width * self.maps_count * self.out_dim * 4
         self.cache_maps = map_bytes <= budget // 2
         self._maps: torch.Tensor | None = None
+        self._fixed: dict = {}
 
     # -- image-independent maps -------------------------------------------------------------------
     def _projection(self) -> torch.Tensor:
@@ -213,17 +214,22 @@ class _VitLens:
     # -- one batch --------------------------------------------------------------------------------
     def hooks(self, record: dict) -> list:
         """Forward hooks that keep, in `record`, what this layer's effects need of a forward pass:
-        the layer's activations, the later attention inputs and the final LayerNorm's statistics."""
+        the layer's activations, the later attention inputs and the final LayerNorm's statistics.
+        `record` is shared by every lens of one forward pass: a module is hooked once."""
         visual = self.visual
         blocks = visual.transformer.resblocks
         batch_first = getattr(visual.transformer, "batch_first", True)
-        record["ln_1"] = {}
+        hooked = record.setdefault("hooked", set())
+        record.setdefault("p", {})
+        record.setdefault("ln_1", {})
 
         def tokens_first(x: torch.Tensor) -> torch.Tensor:
             return x if batch_first else x.transpose(0, 1)
 
-        def on_gelu(_m, _i, output):
-            record["p"] = tokens_first(output).float()
+        def on_gelu(index):
+            def hook(_m, _i, output):
+                record["p"][index] = tokens_first(output).float()
+            return hook
 
         def on_ln_1(index):
             def hook(module, inputs, output):
@@ -233,11 +239,32 @@ class _VitLens:
         def on_ln_post(module, inputs, _output):
             record["post"] = _ln_stats(module, inputs[0])
 
-        handles = [blocks[self.index].mlp.gelu.register_forward_hook(on_gelu),
-                   visual.ln_post.register_forward_hook(on_ln_post)]
+        wanted = [(("p", self.index), blocks[self.index].mlp.gelu, on_gelu(self.index)),
+                  (("post",), visual.ln_post, on_ln_post)]
         if self.second:
-            handles += [blocks[later].ln_1.register_forward_hook(on_ln_1(later)) for later in self.later]
+            wanted += [(("ln_1", later), blocks[later].ln_1, on_ln_1(later)) for later in self.later]
+        handles = []
+        for key, module, hook in wanted:
+            if key not in hooked:
+                hooked.add(key)
+                handles.append(module.register_forward_hook(hook))
         return handles
+
+    def _value_vectors(self, later: int) -> torch.Tensor:
+        """[3, H, dh]: the value vectors (all heads) of gamma_1 * (c / N), gamma_1, and beta_1 + the
+        value bias -- what the biases and LayerNorm means of a neuron's share turn into."""
+        key = ("values", later)
+        if key not in self._fixed:
+            blocks = self.visual.transformer.resblocks
+            block, dim = blocks[later], self.dim
+            attn = block.attn
+            w_v = attn.in_proj_weight.detach().float()[2 * dim:]
+            b_v = attn.in_proj_bias.detach().float()[2 * dim:] if attn.in_proj_bias is not None else 0.0
+            gamma_1, beta_1 = block.ln_1.weight.detach().float(), block.ln_1.bias.detach().float()
+            c_bias = blocks[self.index].mlp.c_proj.bias.detach().float() / self.width
+            vectors = torch.stack([w_v @ (gamma_1 * c_bias), w_v @ gamma_1, w_v @ beta_1 + b_v])
+            self._fixed[key] = vectors.reshape(3, attn.num_heads, attn.head_dim)
+        return self._fixed[key]
 
     def _queries(self, tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The pooled tokens and their weights in the pooled embedding."""
@@ -258,7 +285,7 @@ class _VitLens:
 
     def compute(self, record: dict, rep: torch.Tensor) -> torch.Tensor:
         """The effects [B, N, d] from what the hooks kept and the embedding `rep`."""
-        p = record["p"]  # [B, T, N]
+        p = record["p"][self.index]  # [B, T, N]
         batch, tokens, _ = p.shape
         device = p.device
         post_mean, post_std = record["post"]  # [B, T] (or [B] after pooling)
@@ -285,27 +312,27 @@ class _VitLens:
             for later in self.later:
                 block = blocks[later]
                 (mean_1, std_1), y = record["ln_1"][later]  # [B, T], [B, T], [B, T, D]
-                a = self._attention(block, y, queries)  # [B, H, Q, T]
-                alpha = torch.einsum("bq,bhqt->bht", pooled, a)  # [B, H, T]
+                shared_key = ("pooled attention", later, self.plan.pooling)
+                if shared_key not in record:  # the same for every earlier layer's lens
+                    a = self._attention(block, y, queries)  # [B, H, Q, T]
+                    alpha = torch.einsum("bq,bhqt->bht", pooled, a)  # [B, H, T]
+                    record[shared_key] = (alpha, alpha / std_1[:, None, :], torch.stack([
+                        torch.einsum("bht,bt->bh", alpha, 1 / std_1), torch.einsum("bht,bt->bh", alpha, mean_1 / std_1),
+                        alpha.sum(dim=-1)]))
+                alpha, scaled, sums = record[shared_key]
                 # coefficient of neuron n: sum_q w_q/s_post(q) sum_t a(q, t) p_n(t) / s_1(t)
-                coefficients.append(alpha / std_1[:, None, :])
+                coefficients.append(scaled)
                 parts = 1 + 2 * later  # components adding into this layer's attention input
                 attn = block.attn
                 heads, head_dim = attn.num_heads, attn.head_dim
-                gamma_1 = block.ln_1.weight.detach().float()
-                beta_1 = block.ln_1.bias.detach().float()
-                w_v = attn.in_proj_weight.detach().float()[2 * dim:]
-                b_v = attn.in_proj_bias.detach().float()[2 * dim:] if attn.in_proj_bias is not None else torch.zeros(dim, device=device)
                 w_o = attn.out_proj.weight.detach().float()
                 b_o = attn.out_proj.bias.detach().float() if attn.out_proj.bias is not None else torch.zeros(dim, device=device)
                 # the neuron's input at token t:  gamma_1 (c/N) / s_1(t) - gamma_1 mu_1(t) / (K N s_1(t)) + beta_1 / (K N)
                 # and the value bias b_v / (K N): three fixed value vectors, each times a pooled sum of attention
-                share_1 = torch.einsum("bht,bt->bh", alpha, 1 / std_1)
-                share_mu = torch.einsum("bht,bt->bh", alpha, mean_1 / std_1) / (parts * n_neurons)
-                share_0 = alpha.sum(dim=-1) / (parts * n_neurons)
-                value = lambda vector: (w_v @ vector).reshape(heads, head_dim)  # noqa: E731
-                pooled_values = (share_1[..., None] * value(gamma_1 * c_bias) - share_mu[..., None] * value(gamma_1)
-                                 + share_0[..., None] * (value(beta_1) + b_v.reshape(heads, head_dim)))  # [B, H, dh]
+                values = self._value_vectors(later)  # [3, H, dh]
+                weights_3 = sums * torch.tensor([1.0, -1.0 / (parts * n_neurons), 1.0 / (parts * n_neurons)],
+                                                device=device)[:, None, None]  # [3, B, H]
+                pooled_values = torch.einsum("kbh,khe->bhe", weights_3, values)  # [B, H, dh]
                 out = torch.einsum("bhe,dhe->bd", pooled_values, w_o.reshape(dim, heads, head_dim))
                 out = out + pooled_sum[:, None] * b_o / (parts * n_neurons)  # the H heads' shares of the output bias
                 spread = parts * components * n_neurons  # (H heads together)
@@ -413,12 +440,12 @@ def _run(lenses: list, visual: nn.Module, images: torch.Tensor) -> list[torch.Te
     parameter = next(visual.parameters())
     was_training = visual.training
     visual.eval()  # BatchNorm must use its running statistics
-    records = [{} for _ in lenses]
-    handles = [handle for lens, record in zip(lenses, records) for handle in lens.hooks(record)]
+    record: dict = {}  # what the forward pass leaves for the lenses, shared by them
+    handles = [handle for lens in lenses for handle in lens.hooks(record)]
     try:
         with torch.inference_mode():
             rep = visual(images.to(device=parameter.device, dtype=parameter.dtype))
-            return [lens.compute(record, rep) for lens, record in zip(lenses, records)]
+            return [lens.compute(record, rep) for lens in lenses]
     finally:
         for handle in handles:
             handle.remove()

@@ -404,3 +404,37 @@ def run_directions(store: StoreConfig, request: DirectionsRequest, *, show_progr
         return summary
     finally:
         engine.dispose()
+
+
+# -- the demo -------------------------------------------------------------------------------------------
+DEMO_DIRECTIONS_IMAGES = 1000  # the demo dataset's first images: enough for 100 per neuron, quick on 2 cores
+
+
+def demo_layers(loaded) -> tuple[str, ...]:
+    """The layers the demo gives directions: a ResNet's final stage; every MLP layer of a ViT
+    (the earlier ones with the second-order path, the last one of a mean-pooled tower direct)."""
+    from precompute.lens import LensError
+
+    if loaded.spec.family == "resnet":
+        return (loaded.spec.final_layer.name,)
+    layers = []
+    for spec in loaded.spec.layers:
+        if spec.name.endswith(".mlp"):
+            try:
+                lens_paths(loaded, spec.name)
+            except LensError:  # the last MLP of a class-token tower
+                continue
+            layers.append(spec.name)
+    return tuple(layers)
+
+
+def run_demo_directions(store: StoreConfig, loaded_models: dict, dataset_id: str, *,
+                        images: int = DEMO_DIRECTIONS_IMAGES, device: str = "cpu", show_progress: bool = True):
+    """Directions of `demo_layers` for every model (one pass serves all of a model's layers);
+    yields one line per model. Resumable and idempotent like every job."""
+    for model_id, loaded in loaded_models.items():
+        layers = demo_layers(loaded)
+        request = DirectionsRequest(model_id=model_id, dataset_id=dataset_id, layers=layers, limit=images,
+                                    batch_size=64, device=device)
+        summary = run_directions(store, request, show_progress=show_progress, loaded=loaded)
+        yield f"{model_id}: neuron directions of {len(layers)} layers over {images} images ({summary})"

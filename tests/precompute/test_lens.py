@@ -18,6 +18,7 @@ from precompute.lens import (
     SECOND_ORDER,
     SECOND_ORDER_AND_DIRECT,
     LensError,
+    layer_effects,
     lens_paths,
     neuron_effects,
     second_order_effects,
@@ -230,3 +231,14 @@ def test_the_last_layer_of_a_class_token_tower_is_refused(vitb32):
     with pytest.raises(LensError, match="no later attention heads"):
         lens_paths(vitb32, "transformer.resblocks.11.mlp")
     assert lens_paths(vitb32, "transformer.resblocks.10.mlp") == SECOND_ORDER
+
+
+def test_one_forward_pass_for_several_layers_gives_each_layer_its_own_effects(toy_vit):
+    images = world_images(toy_vit, count=3)
+    layers = [f"transformer.resblocks.{i}.mlp" for i in range(6)]
+    together = layer_effects(toy_vit, images, layers)
+    assert list(together) == layers
+    for layer in layers:
+        alone = neuron_effects(toy_vit, images, layer)
+        assert together[layer].paths == alone.paths
+        torch.testing.assert_close(together[layer].values, alone.values, rtol=1e-5, atol=1e-6)
