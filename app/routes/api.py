@@ -282,6 +282,15 @@ def typographic_probe(
                                               dataset=dataset, position=position, upload_ref=upload_ref)
 
 
+@router.get("/typographic", response_model=s.TypographicEvalsPage, responses=E404, tags=["probe"],
+            summary="Typographic evaluation tables (Figure 16): attacks, their pixel cover and success, and the search's finds")
+def typographic_evals(
+    request: Request, model: str | None = Query(None, max_length=128), dataset: str | None = Query(None, max_length=128),
+    labels: str | None = Query(None, max_length=64), limit: int = Query(50, ge=1, le=1000), session: Session = Depends(get_session),
+) -> Any:
+    return builders.typographic_evals_page(session, request_urls(request), model_id=model, dataset=dataset, labels=labels, limit=limit)
+
+
 # -- writes --------------------------------------------------------------------------------------
 def relabelled(request: Request, layer_id: int) -> None:
     """Unit pages of the layer list their neighbours' labels: let them read the new one."""

@@ -190,6 +190,16 @@ def typographic_submit(
     return render(request, "typographic.html", page, request_urls(request).docs("probe"), session=session, result=result)
 
 
+@router.get("/typographic", response_class=HTMLResponse)
+def typographic_evals_page(
+    request: Request, model: str | None = Query(None, max_length=128), dataset: str | None = Query(None, max_length=128),
+    labels: str | None = Query(None, max_length=64), limit: int = Query(50, ge=1, le=1000), session: Session = Depends(get_session),
+) -> HTMLResponse:
+    payload = builders.typographic_evals_page(session, request_urls(request), model_id=model, dataset=dataset, labels=labels,
+                                              limit=limit)
+    return render(request, "typographic_evals.html", payload, payload["api_url"], session=session)
+
+
 # -- login ---------------------------------------------------------------------------------------
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str | None = Query(None, max_length=500), session: Session = Depends(get_session)) -> HTMLResponse:
