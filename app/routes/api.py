@@ -270,7 +270,7 @@ def typographic_probe(
     custom_labels: str | None = Form(None, max_length=64_000, description="Your own labels, one a line or comma separated."),
     silence: str = Form("", max_length=4000, description="'listed' to silence the listed units, or unit indices 1,2,3."),
     top_k: int = Form(5, ge=1, le=20),
-    top_units: int = Form(8, ge=1, le=64),
+    top_units: int = Form(8, ge=1, le=128),
     dataset: str | None = Form(None, max_length=128),
     position: int | None = Form(None, ge=0, le=MAX_ID),
     upload_ref: str | None = Form(None, max_length=64, description="The sha256 of an upload made moments ago."),

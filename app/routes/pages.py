@@ -177,7 +177,7 @@ def typographic_submit(
     y: float = Form(0.5), size: float = Form(0.17), color: str = Form("#ffffff", max_length=32),
     outline: str = Form("#000000", max_length=32), rotation: float = Form(0.0), labels: str | None = Form(None, max_length=64),
     custom_labels: str | None = Form(None, max_length=64_000), silence: str = Form("", max_length=4000),
-    top_k: int = Form(5, ge=1, le=20), top_units: int = Form(8, ge=1, le=64), dataset: str | None = Form(None, max_length=128),
+    top_k: int = Form(5, ge=1, le=20), top_units: int = Form(8, ge=1, le=128), dataset: str | None = Form(None, max_length=128),
     position: int | None = Form(None, ge=0, le=MAX_ID), upload_ref: str | None = Form(None, max_length=64),
     file: UploadFile | None = File(None), session: Session = Depends(get_session),
 ) -> HTMLResponse:
