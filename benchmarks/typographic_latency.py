@@ -56,7 +56,7 @@ def one(service: ModelService, model_id: str, layer: str, image, labels) -> floa
     return time.perf_counter() - start
 
 
-def measure(model_id: str, requests: int, device: str) -> dict:
+def measure(model_id: str, requests: int, device: str, rounds_of_eight: int = 3) -> dict:
     from precompute.architectures import architecture
 
     spec = architecture(model_id)
@@ -101,7 +101,7 @@ def measure(model_id: str, requests: int, device: str) -> dict:
             return time.perf_counter() - start
 
         rounds, ones = [], []
-        for _ in range(max(3, requests // 4)):  # each round of 8 next to one request alone
+        for _ in range(rounds_of_eight):  # each round of 8 next to one request alone
             rounds.append(concurrent())
             ones.append(one(service, model_id, layer, image, labels))
     finally:
@@ -123,11 +123,12 @@ def main() -> None:
     parser.add_argument("--model", action="append", dest="models")
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of 8 concurrent requests")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [measure(m, args.requests, args.device) for m in (args.models or ["toy-rn", "toy-vit", "RN50x4"])]
+    rows = [measure(m, args.requests, args.device, args.rounds) for m in (args.models or ["toy-rn", "toy-vit", "RN50x4"])]
     print(json.dumps({"benchmark": "typographic_latency", "machine": machine(), "results": rows}, indent=1))
 
 
