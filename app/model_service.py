@@ -28,6 +28,7 @@ from precompute.errors import Problem, RetryLater
 log = logging.getLogger(__name__)
 
 MAX_TOP_UNITS = 64
+MAX_SILENCE_UNITS = 128  # the typographic probe lists (and silences) up to this many
 
 
 # A model that failed to load or to run may be back after a while (a file restored, memory freed).
@@ -121,7 +122,7 @@ class ModelService:
         """Top classes of a picture before and after a typographic attack, the units the attack
         raised most, and the classes with units silenced (`item`: a precompute.typographic.ProbeItem)."""
         return self._wait(self.submit("typographic", model_id, layer, item, labels=labels, top_k=min(max(top_k, 1), 20),
-                                      top_units=min(max(top_units, 1), MAX_TOP_UNITS)))
+                                      top_units=min(max(top_units, 1), MAX_SILENCE_UNITS)))
 
     def encode_text(self, model_id: str, text: str) -> Any:
         """The unit-length text embedding (numpy float32) of `text` in the joint space."""

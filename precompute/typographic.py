@@ -345,3 +345,18 @@ def evaluate_attack(loaded: LoadedModel, images: Sequence[Image.Image], clean_to
         "pixel_cover": float(np.mean([a.pixel_cover for a in attacked])) if attacked else 0.0,
         "images": outcome.counted,
     }
+
+
+def write_held_out_objects(folder, count: int, seed: int = 1) -> None:
+    """`count` PNG pictures of single objects of the synthetic world (one to two of a shape and
+    colour, shapes in turn) from another seed than the training world's, for evaluations."""
+    from pathlib import Path
+
+    from precompute.world import COLORS, SHAPES, object_image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([int(seed), 22])
+    for i in range(count):
+        image = object_image(SHAPES[i % len(SHAPES)], list(COLORS)[int(rng.integers(len(COLORS)))], int(rng.integers(1, 3)), rng).image
+        image.save(folder / f"{i:04d}.png")

@@ -14,10 +14,11 @@ from app.pages.models import model_detail, models_index
 from app.pages.probe import default_layer, probe_form, probe_result
 from app.pages.search import prompt_page, search_page
 from app.pages.typographic import typographic_form, typographic_result
+from app.pages.typographic_evals import typographic_evals_page
 from app.pages.unit import unit_page
 from app.pages.words import words_page
 
 __all__ = [
     "collection_detail", "collections_index", "default_layer", "export_layer", "jobs_page", "layer_page", "model_detail",
-    "models_index", "probe_form", "probe_result", "prompt_page", "search_page", "typographic_form", "typographic_result", "unit_page", "words_page",
+    "models_index", "probe_form", "probe_result", "prompt_page", "search_page", "typographic_evals_page", "typographic_form", "typographic_result", "unit_page", "words_page",
 ]

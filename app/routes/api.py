@@ -270,7 +270,7 @@ def typographic_probe(
     custom_labels: str | None = Form(None, max_length=64_000, description="Your own labels, one a line or comma separated."),
     silence: str = Form("", max_length=4000, description="'listed' to silence the listed units, or unit indices 1,2,3."),
     top_k: int = Form(5, ge=1, le=20),
-    top_units: int = Form(8, ge=1, le=64),
+    top_units: int = Form(8, ge=1, le=128),
     dataset: str | None = Form(None, max_length=128),
     position: int | None = Form(None, ge=0, le=MAX_ID),
     upload_ref: str | None = Form(None, max_length=64, description="The sha256 of an upload made moments ago."),
@@ -280,6 +280,15 @@ def typographic_probe(
     form = AttackForm(text, setup, x, y, size, color, outline, rotation, labels, custom_labels, silence, top_k, top_units)
     return live_typographic.typographic_probe(request, session, model_id=model, layer=layer, form=form, upload=file,
                                               dataset=dataset, position=position, upload_ref=upload_ref)
+
+
+@router.get("/typographic", response_model=s.TypographicEvalsPage, responses=E404, tags=["probe"],
+            summary="Typographic evaluation tables (Figure 16): attacks, their pixel cover and success, and the search's finds")
+def typographic_evals(
+    request: Request, model: str | None = Query(None, max_length=128), dataset: str | None = Query(None, max_length=128),
+    labels: str | None = Query(None, max_length=64), limit: int = Query(50, ge=1, le=1000), session: Session = Depends(get_session),
+) -> Any:
+    return builders.typographic_evals_page(session, request_urls(request), model_id=model, dataset=dataset, labels=labels, limit=limit)
 
 
 # -- writes --------------------------------------------------------------------------------------

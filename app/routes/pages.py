@@ -177,7 +177,7 @@ def typographic_submit(
     y: float = Form(0.5), size: float = Form(0.17), color: str = Form("#ffffff", max_length=32),
     outline: str = Form("#000000", max_length=32), rotation: float = Form(0.0), labels: str | None = Form(None, max_length=64),
     custom_labels: str | None = Form(None, max_length=64_000), silence: str = Form("", max_length=4000),
-    top_k: int = Form(5, ge=1, le=20), top_units: int = Form(8, ge=1, le=64), dataset: str | None = Form(None, max_length=128),
+    top_k: int = Form(5, ge=1, le=20), top_units: int = Form(8, ge=1, le=128), dataset: str | None = Form(None, max_length=128),
     position: int | None = Form(None, ge=0, le=MAX_ID), upload_ref: str | None = Form(None, max_length=64),
     file: UploadFile | None = File(None), session: Session = Depends(get_session),
 ) -> HTMLResponse:
@@ -188,6 +188,16 @@ def typographic_submit(
     page = builders.typographic_form(session, request_urls(request), model_id=model, layer=result["layer"], dataset=dataset or None,
                                      limits=live.upload_limits_info(request))
     return render(request, "typographic.html", page, request_urls(request).docs("probe"), session=session, result=result)
+
+
+@router.get("/typographic", response_class=HTMLResponse)
+def typographic_evals_page(
+    request: Request, model: str | None = Query(None, max_length=128), dataset: str | None = Query(None, max_length=128),
+    labels: str | None = Query(None, max_length=64), limit: int = Query(50, ge=1, le=1000), session: Session = Depends(get_session),
+) -> HTMLResponse:
+    payload = builders.typographic_evals_page(session, request_urls(request), model_id=model, dataset=dataset, labels=labels,
+                                              limit=limit)
+    return render(request, "typographic_evals.html", payload, payload["api_url"], session=session)
 
 
 # -- login ---------------------------------------------------------------------------------------

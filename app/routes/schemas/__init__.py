@@ -22,10 +22,11 @@ from app.routes.schemas.jobs import JobOut, JobsPage
 from app.routes.schemas.probe import (
     ProbeModelChoice, DatasetChoice, DatasetImageOut, ProbeForm, ProbeUnit, ProbeInput, ProbeResult,
 )
-from app.routes.schemas.typographic import TypographicForm, TypographicResult
+from app.routes.schemas.typographic import TypographicEvalsPage, TypographicForm, TypographicResult
 from app.routes.schemas.writes import TextIn, LabelOut, CollectionIn, CollectionPatch, CollectionUnitIn, Deleted
 
 __all__ = [
+    "TypographicEvalsPage",
     "TypographicForm",
     "TypographicResult",
     "ErrorBody",

@@ -109,3 +109,35 @@ class TypographicResult(BaseModel):
     rerun: dict[str, Any] = Field(description="The form fields that re-run this attack with the listed units silenced.")
     model_url: str
     layer_url: str
+
+
+class EvaluationChoice(BaseModel):
+    model_id: str
+    dataset_id: str
+    label_set: str
+    rows: int
+    url: str
+
+
+class EvaluationRow(BaseModel):
+    target: str
+    text: str
+    pixel_cover: float = Field(description="Mean share of pixels the attack changed.")
+    success: float | None = Field(description="Share of counted pictures whose top class became the target.")
+    images: int = Field(description="Pictures counted: those not already classified as the target.")
+    setup: str
+    names_target: bool = Field(description="Whether the text is the target class's own name.")
+
+
+class TypographicEvalsPage(BaseModel):
+    evaluations: list[EvaluationChoice]
+    model: str | None
+    dataset: str | None
+    labels: str | None
+    attacks: list[EvaluationRow]
+    search: list[EvaluationRow]
+    search_total: int
+    missing: list[str]
+    model_url: str | None
+    probe_url: str
+    api_url: str

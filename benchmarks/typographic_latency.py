@@ -1,0 +1,136 @@
+"""The typographic probe's live path: render the attack, then before + after + the unit readout
+through the model service (batched, bounded queue), for one client and for 8 at once.
+
+Targets (issue 22): toy models p50 <= 100 ms on CPU; random-initialised RN50x4 p50 <= 2 s on CPU;
+8 concurrent requests finish within 3x one request's time. Baseline, measured in the same run:
+the bare encode_image of the two pictures (clean and attacked). Prints one JSON object.
+
+    python benchmarks/typographic_latency.py [--model toy-rn --model toy-vit --model RN50x4] [--requests 20] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from app.model_service import ModelService  # noqa: E402
+from benchmarks._common import machine  # noqa: E402
+from precompute.typographic import ProbeItem, render_attack  # noqa: E402
+from precompute.zeroshot import label_set  # noqa: E402
+
+TOYS = ("toy-rn", "toy-vit")
+
+
+def loader(device: str):
+    def load(model_id: str):
+        from precompute.registry import load_embedded, load_model
+
+        if model_id in TOYS:
+            return load_embedded(model_id, device=device)
+        return load_model(model_id.lower(), model_id, device=device)  # seeded random weights
+
+    return load
+
+
+def picture(model_id: str, size: int):
+    from precompute.world import object_image
+
+    image = object_image("circle", "blue", 1, np.random.default_rng([22, 9])).image
+    return image if model_id in TOYS else image.resize((size, size))
+
+
+def one(service: ModelService, model_id: str, layer: str, image, labels) -> float:
+    start = time.perf_counter()
+    attacked = render_attack(image, "square")
+    service.typographic(model_id, layer, ProbeItem(image, attacked.image), labels)
+    return time.perf_counter() - start
+
+
+def measure(model_id: str, requests: int, device: str, rounds_of_eight: int = 3) -> dict:
+    from precompute.architectures import architecture
+
+    spec = architecture(model_id)
+    layer = spec.final_layer.name
+    labels = label_set("world-shapes") if model_id in TOYS else label_set(labels=["cat", "dog", "pizza", "car", "iPod"])
+    service = ModelService(loader(device), max_queue=64, max_batch=8, timeout=600)
+    try:
+        image = picture(model_id, spec.image_size)
+        for _ in range(2):  # load the model, build the class embeddings, warm up
+            one(service, model_id, layer, image, labels)
+        loaded = service._models[model_id]
+        pixels = torch.stack([loaded.preprocess(image), loaded.preprocess(render_attack(image, "square").image)]).to(loaded.device)
+
+        def bare_encode() -> float:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                loaded.model.encode_image(pixels)
+            if str(loaded.device).startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        # Interleaved with the baseline, so that load from other processes falls on both alike.
+        single, bare = [], []
+        for _ in range(requests):
+            single.append(one(service, model_id, layer, image, labels))
+            bare.append(bare_encode())
+
+        def concurrent() -> float:
+            barrier = threading.Barrier(8)
+            times: list[float] = []
+
+            def client() -> None:
+                barrier.wait()
+                times.append(one(service, model_id, layer, image, labels))
+
+            threads = [threading.Thread(target=client) for _ in range(8)]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return time.perf_counter() - start
+
+        rounds, ones = [], []
+        for _ in range(rounds_of_eight):  # each round of 8 next to one request alone
+            rounds.append(concurrent())
+            ones.append(one(service, model_id, layer, image, labels))
+    finally:
+        service.close()
+    p50 = statistics.median(single)
+    eight = statistics.median(rounds)
+    alone = statistics.median(ones)
+    return {
+        "model": model_id, "layer": layer, "device": device, "requests": requests,
+        "p50_ms": round(p50 * 1000, 1), "p90_ms": round(float(np.percentile(single, 90)) * 1000, 1),
+        "eight_concurrent_ms": round(eight * 1000, 1), "eight_over_one": round(eight / alone, 2),
+        "baseline_encode_two_ms": round(statistics.median(bare) * 1000, 1),
+        "over_baseline": round(p50 / statistics.median(bare), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", dest="models")
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of 8 concurrent requests")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [measure(m, args.requests, args.device, args.rounds) for m in (args.models or ["toy-rn", "toy-vit", "RN50x4"])]
+    print(json.dumps({"benchmark": "typographic_latency", "machine": machine(), "results": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
