@@ -52,7 +52,7 @@ def _featureviz(rows: list[dict[str, Any]], urls: Urls) -> dict[str, list[dict[s
     return groups
 
 
-def _examples(rows: list[dict[str, Any]], spatial: list[int] | None, urls: Urls) -> list[dict[str, Any]]:
+def _examples(rows: list[dict[str, Any]], spatial: list[int] | None, urls: Urls, model_id: str) -> list[dict[str, Any]]:
     by_dataset: dict[str, dict[str, Any]] = {}
     for row in rows:
         group = by_dataset.setdefault(row["dataset_id"], {"dataset": row["dataset_id"], "top": [], "bottom": []})
@@ -61,7 +61,7 @@ def _examples(rows: list[dict[str, Any]], spatial: list[int] | None, urls: Urls)
                 "rank": row["rank"],
                 "activation": row["activation"],
                 "image_url": urls.blob(row["blob_uri"]),
-                "crop_url": urls.blob(row["crop_uri"]),
+                "crop_url": urls.example_crop(model_id, row),
                 "width": row["width"],
                 "height": row["height"],
                 "position": row["position"],
@@ -187,7 +187,7 @@ def _unit_results(
     uid = unit["id"]
     return {
         "featureviz": _featureviz(queries.featureviz_of(session, uid), urls),
-        "examples": _examples(queries.examples_of(session, uid), spatial, urls),
+        "examples": _examples(queries.examples_of(session, uid), spatial, urls, model_id),
         "buckets": _buckets(queries.buckets_of(session, uid), urls),
         "words": _words(session, uid, model_id),
         "decomposition": _grouped(
