@@ -393,6 +393,21 @@ _RESULTS_GENERATION = select(
 )
 
 
+_GENERATION = _RESULTS_GENERATION.subquery("generation")
+_UNIT_CORE_AND_GENERATION = _UNIT_CORE.add_columns(*_GENERATION.c).join(_GENERATION, literal(True))
+
+
+def unit_core_and_generation(session: Session, model_id: str, layer_name: str, index: int) -> tuple[dict[str, Any] | None, tuple[Any, ...] | None]:
+    """`unit_core` and `results_generation` in one round trip (the unit page's first read);
+    (None, None) when there is no such unit."""
+    row = session.execute(_UNIT_CORE_AND_GENERATION, {"model_id": model_id, "layer_name": layer_name, "index": index}).first()
+    if row is None:
+        return None, None
+    width = len(_GENERATION.c)
+    names = list(_UNIT_CORE.selected_columns.keys())
+    return dict(zip(names, row[:-width])), tuple(row[-width:])
+
+
 def results_generation(session: Session) -> tuple[Any, ...]:
     """A fingerprint of what the precompute jobs wrote, cheap enough to read on every view.
 

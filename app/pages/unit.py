@@ -218,16 +218,24 @@ def unit_page(
     session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, urls: Urls,
     results: TTLCache | None = None, word_list: str | None = None, generation: Hashable = None,
 ) -> dict[str, Any]:
+    return unit_page_and_generation(session, cache, model_id, layer_name, index, urls, results, word_list, generation)[0]
+
+
+def unit_page_and_generation(
+    session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, urls: Urls,
+    results: TTLCache | None = None, word_list: str | None = None, generation: Hashable = None,
+) -> tuple[dict[str, Any], Hashable]:
     """The unit page. With `results`, what the jobs wrote (visualizations, examples, words,
     decompositions, neighbours) is reused until a job commits anything (in any process; see
     queries.results_generation) or the cache's lifetime ends; the unit row (label,
     statistics), its notes, its collections and its neighbours' labels are read on every view.
     `word_list` picks the one word list whose top words are shown (default: all, the model's
     default first). `generation` is the caller's reading of queries.results_generation, if it
-    has one."""
+    has one; returns (the page, the generation its results were read under)."""
     if results is not None and generation is None:
-        generation = queries.results_generation(session)
-    unit = queries.unit_core(session, model_id, layer_name, index)
+        unit, generation = queries.unit_core_and_generation(session, model_id, layer_name, index)  # one round trip
+    else:
+        unit = queries.unit_core(session, model_id, layer_name, index)
     if unit is None:
         require_model(session, model_id)
         layer = require_layer(session, model_id, layer_name)
@@ -294,4 +302,4 @@ def unit_page(
         **urls.unit_links(model_id, layer_name, index),
         **({"url": urls.html.unit(model_id, layer_name, index, word_list=word_list),
             "api_url": urls.api.unit(model_id, layer_name, index, word_list=word_list)} if word_list else {}),
-    }
+    }, generation
