@@ -21,6 +21,7 @@ from store.blobs import blob_name
 
 API_PREFIX = "/api/v1"
 API_DOCS_ASSETS = "/vendor/api-docs"
+CROP_PREFIX = "/blobs/crop"
 
 
 def _segment(value: Any) -> str:
@@ -170,6 +171,23 @@ class Urls:
         except ValueError:
             return None
         return f"{self.base}/blobs/{name}" if is_present(name) else None
+
+    def crop(self, model_id: str, image_uri: str | None, crop_box: str | None) -> str | None:
+        """Where the app serves the crop `crop_box` ("left,top,right,bottom,size", see
+        precompute.crop_boxes) of a stored image as `model_id` sees it, cut on first request
+        and cached; None when there is no box or the image's bytes are gone (as `blob`)."""
+        if not crop_box or not image_uri:
+            return None
+        image = self.blob(image_uri)
+        if image is None:
+            return None
+        return f"{self.base}{CROP_PREFIX}/{_segment(model_id)}/{quote(crop_box, safe=',')}/{image.rsplit('/', 1)[-1]}"
+
+    def example_crop(self, model_id: str, row: dict[str, Any]) -> str | None:
+        """The crop beside a dataset example: its stored crop, else the one cut from its image."""
+        if row.get("crop_uri"):
+            return self.blob(row["crop_uri"])
+        return self.crop(model_id, row.get("blob_uri"), row.get("crop_box"))
 
 
 def request_urls(request: Request) -> Urls:

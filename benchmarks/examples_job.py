@@ -1,7 +1,7 @@
 """The whole examples job, as `microscope demo` runs it, versus the bare `encode_image` pass.
 
 Target: the whole job (planning, calibration, the streaming pass, the merge and the writes of
-every final-layer unit's examples, crops, buckets and statistics into a real SQLite store)
+every final-layer unit's examples (with their crop boxes), buckets and statistics into a real SQLite store)
 runs at >= 0.6x the throughput of `encode_image` over the same images, batch size and loader
 (PNG blobs decoded and preprocessed in the background), for toy-rn and toy-vit on the demo's
 synthetic world.

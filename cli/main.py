@@ -468,7 +468,7 @@ def precompute_examples(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     checkpoint_every: Annotated[int, typer.Option(help="Batches between checkpoints (at most).")] = 50,
     checkpoint_seconds: Annotated[float, typer.Option(help="Seconds between checkpoints (at most).")] = 60.0,
-    crop_size: Annotated[int, typer.Option(help="Side in pixels of the stored crops around each maximum.")] = 128,
+    crop_size: Annotated[int, typer.Option(help="Side in pixels of the crops around each maximum (the web server cuts them from the stored image).")] = 128,
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: $MICROSCOPE_RAY_ADDRESS, $RAY_ADDRESS or a local Ray).")] = None,
     restart: Annotated[bool, typer.Option(help="Discard earlier progress of these layers and recompute.")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,

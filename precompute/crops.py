@@ -14,39 +14,31 @@ not shrunk, to stay inside the image, so every crop of a layer has the same size
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from precompute.architectures import LayerSpec
+from precompute.crop_boxes import CropBox, grid_box
+from precompute.crop_boxes import crop_side as _crop_side
 
 DEFAULT_CROP_SIZE = 128
 
 
 def crop_side(layer: LayerSpec, image_size: int) -> int:
-    if layer.spatial is None:
-        return image_size
-    stride = image_size / max(layer.spatial)
-    return int(min(image_size, max(round(3 * stride), image_size // 4)))
+    return _crop_side(layer.spatial, image_size)
 
 
 def cell_box(layer: LayerSpec, image_size: int, flat_position: int) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) in model-input pixels of the region around grid cell
     `flat_position` (row-major in the layer's (h, w) grid)."""
-    if layer.spatial is None:
-        return (0, 0, image_size, image_size)
-    h, w = layer.spatial
-    if not 0 <= flat_position < h * w:
-        raise ValueError(f"position {flat_position} outside the {h}x{w} grid of {layer.name}")
-    row, col = divmod(int(flat_position), w)
-    side = crop_side(layer, image_size)
-    cx = (col + 0.5) * image_size / w
-    cy = (row + 0.5) * image_size / h
-    left = int(min(max(round(cx - side / 2), 0), image_size - side))
-    top = int(min(max(round(cy - side / 2), 0), image_size - side))
-    return (left, top, left + side, top + side)
+    try:
+        return grid_box(layer.spatial, image_size, flat_position)
+    except ValueError:
+        h, w = layer.spatial
+        raise ValueError(f"position {flat_position} outside the {h}x{w} grid of {layer.name}") from None
 
 
 def model_view(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> Image.Image:
@@ -76,6 +68,23 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False, compress_level=1)  # fast; crops are small
     return buffer.getvalue()
+
+
+def view_transform(preprocess_cfg: dict) -> Callable[[Image.Image], torch.Tensor]:
+    """The model's eval transform from the preprocess settings a store records for it
+    (`size`, `mean`, `std`, `interpolation`, `resize_mode`): what the model saw, rebuilt
+    without loading the model."""
+    import open_clip
+
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocess_cfg.items()}
+    return open_clip.transform.image_transform_v2(open_clip.transform.PreprocessCfg(**cfg), is_train=False)
+
+
+def crop_png(image: Image.Image, transform: Callable[[Image.Image], torch.Tensor], preprocess_cfg: dict, box: CropBox) -> bytes:
+    """The PNG of the crop `box` of `image` as the model saw it (`transform`, its eval
+    preprocess): the same bytes whenever and wherever it is cut."""
+    view = model_view(transform(image), preprocess_cfg.get("mean", (0.0, 0.0, 0.0)), preprocess_cfg.get("std", (1.0, 1.0, 1.0)))
+    return png_bytes(crop(view, box.box, box.size))
 
 
 def coordinate_image(size: int) -> Image.Image:

@@ -255,6 +255,9 @@ class DatasetExample(Base):
     # Flat index of the spatial argmax in the layer's (h, w) grid; NULL for pooled layers.
     position: Mapped[int | None] = mapped_column(Integer)
     crop_uri: Mapped[str | None] = mapped_column(Text)  # blob name of the input region around the maximum
+    # The input region around the maximum as "left,top,right,bottom,size" (precompute.crop_boxes),
+    # cut from the image when a page asks for it; rows written with a stored crop have crop_uri instead.
+    crop_box: Mapped[str | None] = mapped_column(String(32))
 
 
 class BucketSample(Base):

@@ -244,6 +244,10 @@ class Thumbnail(NamedTuple):
 
     blob_uri: str
     kind: Literal["featureviz", "example"]
+    # An example without a stored crop: its crop box ("left,top,right,bottom,size"), cut from
+    # the image `blob_uri` as `model_id` sees it when the page asks (see precompute.crop_boxes).
+    crop_box: str | None = None
+    model_id: str | None = None
 
 
 # Candidates for a unit's thumbnail, best first: the channel visualization, the neuron one,
@@ -263,6 +267,8 @@ def unit_thumbnails(session: Session, unit_ids: Iterable[int]) -> dict[int, Thum
         case((FeatureViz.kind == "channel", literal_column(str(_THUMBNAIL_CHANNEL))),
              else_=literal_column(str(_THUMBNAIL_NEURON))).label("preference"),
         literal_column("''").label("dataset_id"),
+        literal_column("NULL").label("crop_box"),
+        literal_column("NULL").label("model_id"),
     ).where(FeatureViz.unit_id.in_(ids), FeatureViz.kind.in_(MAIN_FEATUREVIZ_KINDS), FeatureViz.variant == "")
     examples = (
         select(
@@ -270,18 +276,23 @@ def unit_thumbnails(session: Session, unit_ids: Iterable[int]) -> dict[int, Thum
             func.coalesce(DatasetExample.crop_uri, StoredImage.blob_uri),
             literal_column(str(_THUMBNAIL_EXAMPLE)),
             DatasetExample.dataset_id,
+            case((DatasetExample.crop_uri.is_(None), DatasetExample.crop_box)),
+            Layer.model_id,
         )
         .join(StoredImage, StoredImage.id == DatasetExample.image_id)
+        .join(Unit, Unit.id == DatasetExample.unit_id)
+        .join(Layer, Layer.id == Unit.layer_id)
         .where(DatasetExample.unit_id.in_(ids), DatasetExample.sign == "top", DatasetExample.rank == 0)
     )
     candidates = union_all(featureviz, examples).subquery()
-    stmt = select(candidates.c.unit_id, candidates.c.blob_uri, candidates.c.preference).order_by(
-        candidates.c.unit_id, candidates.c.preference, candidates.c.dataset_id
-    )
+    stmt = select(candidates.c.unit_id, candidates.c.blob_uri, candidates.c.preference, candidates.c.crop_box,
+                  candidates.c.model_id).order_by(candidates.c.unit_id, candidates.c.preference, candidates.c.dataset_id)
     out: dict[int, Thumbnail] = {}
-    for unit_id, uri, preference in session.execute(stmt).all():
+    for unit_id, uri, preference, crop_box, model_id in session.execute(stmt).all():
         if unit_id not in out and uri:
-            out[unit_id] = Thumbnail(uri, "example" if preference == _THUMBNAIL_EXAMPLE else "featureviz")
+            example = preference == _THUMBNAIL_EXAMPLE
+            out[unit_id] = Thumbnail(uri, "example" if example else "featureviz", crop_box if example else None,
+                                     model_id if example else None)
     return out
 
 
@@ -318,6 +329,7 @@ def examples_of(session: Session, unit_id: int) -> list[dict[str, Any]]:
             DatasetExample.activation,
             DatasetExample.position,
             DatasetExample.crop_uri,
+            DatasetExample.crop_box,
             StoredImage.blob_uri,
             StoredImage.width,
             StoredImage.height,
@@ -383,6 +395,21 @@ _COLLECTIONS_OF = (
 _RESULTS_GENERATION = select(
     func.count(Job.id), func.coalesce(func.sum(Job.cursor), 0), func.coalesce(func.sum(Job.done_items), 0), func.max(Job.updated_at)
 )
+
+
+_GENERATION = _RESULTS_GENERATION.subquery("generation")
+_UNIT_CORE_AND_GENERATION = _UNIT_CORE.add_columns(*_GENERATION.c).join(_GENERATION, literal(True))
+
+
+def unit_core_and_generation(session: Session, model_id: str, layer_name: str, index: int) -> tuple[dict[str, Any] | None, tuple[Any, ...] | None]:
+    """`unit_core` and `results_generation` in one round trip (the unit page's first read);
+    (None, None) when there is no such unit."""
+    row = session.execute(_UNIT_CORE_AND_GENERATION, {"model_id": model_id, "layer_name": layer_name, "index": index}).first()
+    if row is None:
+        return None, None
+    width = len(_GENERATION.c)
+    names = list(_UNIT_CORE.selected_columns.keys())
+    return dict(zip(names, row[:-width])), tuple(row[-width:])
 
 
 def results_generation(session: Session) -> tuple[Any, ...]:

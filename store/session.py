@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +33,11 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     SQLite: the data folder may not exist yet on a fresh install, so create it; SQLite leaves
     foreign keys off unless asked per connection, and without them ON DELETE CASCADE silently
     does nothing; WAL lets the web server read while a precompute job writes.
-    Postgres: pool_pre_ping because a long-lived server outlives database restarts.
+    Postgres: a long-lived server outlives database restarts, so a pooled connection that sat
+    idle for `ping_idle_seconds` (default PING_IDLE_SECONDS) is pinged before it is handed out
+    and replaced if it is dead; one in steady use is not (`pool_pre_ping` would ping on every
+    checkout: a round trip per request). A connection that dies while in use still fails that
+    one statement, as with pre-ping, and the pool then drops every connection of its generation.
     """
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
@@ -58,8 +64,10 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
 
         return engine
 
-    kwargs.setdefault("pool_pre_ping", True)
+    ping_idle = kwargs.pop("ping_idle_seconds", PING_IDLE_SECONDS)
     engine = create_engine(u, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_when_idle(engine, ping_idle)
 
     @event.listens_for(engine, "handle_error")
     def _nul_in_text(context: Any) -> None:
@@ -69,6 +77,33 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
             raise Problem(422, "nul-byte", "text in the request contains a NUL (0x00) character, which the store cannot hold")
 
     return engine
+
+
+PING_IDLE_SECONDS = 5.0
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _connected(_dbapi_conn: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("checked_in_at", 0.0) < idle_seconds:
+            return
+        try:
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+            dbapi_conn.rollback()
+        except Exception as error:  # the server went away: the pool replaces this connection
+            raise DisconnectionError(f"pooled connection is dead: {error}") from error
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -17,18 +17,15 @@ in-process (`--engine local`) or as a Ray task (`--engine ray`).
 Merge. When all shards of a layer are done, their accumulators merge in shard order (top-k
 exactly, moments in a fixed order) and a second pass of the loop, over units, writes the
 results in chunks, each chunk in one transaction with the merge job's cursor: examples with
-crops of the region around the maximum, buckets, and unit statistics with the histogram.
-Crops repeat across units, so each (image, box) is encoded and stored once and each image
-decoded once, by a thread pool that works a chunk ahead of the database writes.
+the box of the region around the maximum (the web server cuts the crop from the stored image
+when a page asks for it, so the write is rows only), buckets, and unit statistics with the
+histogram.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -39,10 +36,11 @@ from store import repository
 from store.blobs import BlobStore
 from precompute import keys as K
 from precompute.architectures import LayerSpec
-from precompute.crops import DEFAULT_CROP_SIZE, cell_box, crop, model_view, png_bytes
+from precompute.crop_boxes import CropBox
+from precompute.crops import DEFAULT_CROP_SIZE, cell_box
 from precompute.errors import MicroscopeError
 from precompute.examples import ExampleParams, LayerAccumulator, calibrated_range, merge_all, ranking_values
-from precompute.loader import decode_image, iter_batches
+from precompute.loader import iter_batches
 from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
 from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, shard_bounds, spans
@@ -275,68 +273,6 @@ def _release_orphans(sessions, request: ExamplesRequest, layers: list[str]) -> N
 
 
 # -- merge and write ------------------------------------------------------------------------------------
-class _Crops:
-    """Crops of the model view around the spatial maxima of a layer's examples, content-addressed.
-
-    A crop depends only on the image and its box, and neighbouring grid cells of a coarse
-    layer share boxes (toy-rn's 2x2 layer4 has one), so each (image, box) is cut and encoded
-    once, and each image is decoded once: when the first unit that needs an image is about
-    to be written, every box that the units still to write need of it is made. Images are
-    worked on by a thread pool: decoding, resizing, PNG encoding and file writes release the
-    GIL. The images of the next chunk of units are made while a chunk is written."""
-
-    def __init__(self, loaded, blobs: BlobStore, spec: LayerSpec, uri_of: dict[int, str], size: int, results,
-                 first_unit: int, pool: ThreadPoolExecutor) -> None:
-        self.loaded, self.blobs, self.uri_of, self.size, self.pool = loaded, blobs, uri_of, size, pool
-        cfg = loaded.preprocess_cfg
-        self.mean, self.std = cfg.get("mean", (0.0, 0.0, 0.0)), cfg.get("std", (1.0, 1.0, 1.0))
-        h, w = spec.spatial
-        self.box_of_cell = [cell_box(spec, loaded.spec.image_size, cell) for cell in range(h * w)]
-        self.boxes_of: dict[int, dict[tuple[int, int, int, int], None]] = {}  # image position -> its boxes, in order
-        self.first_needed: dict[int, list[int]] = {}  # unit -> the images it is the first to need
-        for unit in range(first_unit, spec.units):
-            for positions, args in ((results.top_positions, results.top_args), (results.bottom_positions, results.bottom_args)):
-                for position, arg in zip(positions[unit].tolist(), args[unit].tolist()):
-                    if position not in self.boxes_of:
-                        self.boxes_of[position] = {}
-                        self.first_needed.setdefault(unit, []).append(position)
-                    self.boxes_of[position][self.box_of_cell[arg]] = None
-        self.uris: dict[tuple[int, tuple[int, int, int, int]], str | None] = {}
-        self.ahead: tuple[int, list] | None = None  # (first unit, images in the making) of the next chunk
-        self.images_decoded = 0
-        self.crops_encoded = 0
-
-    def make(self, begin: int, end: int, next_end: int) -> None:
-        """Make the crops that units [begin, end) are the first to need, and start on those of
-        [end, next_end) in the background, so they are made while this chunk is written."""
-        if self.ahead is not None and self.ahead[0] == begin:
-            pending = self.ahead[1]
-        else:
-            pending = self._submit(begin, end)
-        self.ahead = (end, self._submit(end, next_end))
-        for position, future in pending:
-            self.images_decoded += 1
-            for box, uri in future.result().items():
-                self.uris[(position, box)] = uri
-                self.crops_encoded += uri is not None
-
-    def _submit(self, begin: int, end: int) -> list:
-        positions = [position for unit in range(begin, end) for position in self.first_needed.pop(unit, ())]
-        return [(position, self.pool.submit(self._crops_of, position)) for position in positions]
-
-    def _crops_of(self, position: int) -> dict[tuple[int, int, int, int], str | None]:
-        boxes = self.boxes_of.pop(position)
-        try:
-            image = decode_image(self.blobs.get(self.uri_of[position]))
-            view = model_view(self.loaded.preprocess(image), self.mean, self.std)
-        except Exception:  # an image that vanished or broke since the pass: no crop
-            return {box: None for box in boxes}
-        return {box: self.blobs.put(png_bytes(crop(view, box, self.size)), ".png") for box in boxes}
-
-    def uri(self, position: int, arg: int) -> str | None:
-        return self.uris[(position, self.box_of_cell[arg])]
-
-
 def _finalize_layer(sessions, states: StateStore, blobs: BlobStore, loaded, request: ExamplesRequest, layer: str,
                     items, progress: Progress | None) -> dict:
     spec = loaded.spec.layer(layer)
@@ -363,40 +299,33 @@ def _finalize_layer(sessions, states: StateStore, blobs: BlobStore, loaded, requ
         results = merged.results(key_of)
         del accumulators, merged
         cursor = rows[layer].cursor
-        threads = request.threads or torch.get_num_threads()
-        # The crop threads run small torch ops (the model's preprocess) side by side: one intra-op
-        # thread each, or they queue for each other's thread pool.
-        with _torch_threads(1), ThreadPoolExecutor(threads, thread_name_prefix="microscope-crops") as pool:
-            crops = (_Crops(loaded, blobs, spec, {item[0]: item[3] for item in items}, request.crop_size, results, cursor,
-                            pool) if spec.spatial else None)
-            run_pass(sessions, _ResultWrites(request, spec, results, unit_id_of, image_of, crops), rows, spec.units,
-                     Cadence(every=1), progress)
+        boxes = _crop_boxes(spec, loaded.spec.image_size, request.crop_size)
+        run_pass(sessions, _ResultWrites(request, spec, results, unit_id_of, image_of, boxes), rows, spec.units,
+                 Cadence(every=1), progress)
     seconds = time.monotonic() - started
     keep = {job.state_uri for job in jobs}
     for job in jobs:
         states.cleanup(f"{KIND}-{job.id}-", keep)
     return {"images": results.count, "skipped": results.skipped, "units_written": spec.units - cursor,
-            "write_seconds": seconds, "images_decoded": crops.images_decoded if crops else 0,
-            "crops_encoded": crops.crops_encoded if crops else 0}
+            "write_seconds": seconds}
 
 
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _crop_boxes(spec: LayerSpec, image_size: int, size: int) -> list[str] | None:
+    """The recorded crop box of each grid cell of a spatial layer (None for pooled layers):
+    the web server cuts the crop from the stored image when a page asks for it."""
+    if spec.spatial is None:
+        return None
+    h, w = spec.spatial
+    return [CropBox(*cell_box(spec, image_size, cell), size).text() for cell in range(h * w)]
 
 
 class _ResultWrites:
     """The loop's work for a layer's merge: items are units, written in chunks, each chunk's
     examples, buckets and statistics in the transaction of the merge job's cursor."""
 
-    def __init__(self, request: ExamplesRequest, spec: LayerSpec, results, unit_id_of, image_of, crops) -> None:
-        self.request, self.spec, self.results, self.unit_id_of, self.image_of, self.crops = (
-            request, spec, results, unit_id_of, image_of, crops)
+    def __init__(self, request: ExamplesRequest, spec: LayerSpec, results, unit_id_of, image_of, boxes) -> None:
+        self.request, self.spec, self.results, self.unit_id_of, self.image_of, self.boxes = (
+            request, spec, results, unit_id_of, image_of, boxes)
         params = request.params
         self.chunk = max(1, min(256, 20_000 // (2 * params.k + params.buckets * params.per_bucket)))
         self.pending: tuple[list, list, list, list] | None = None
@@ -405,8 +334,6 @@ class _ResultWrites:
         return spans(start, self.spec.units, self.chunk)
 
     def compute(self, batch, names: list[str]) -> None:
-        if self.crops is not None:
-            self.crops.make(batch.start, batch.stop, min(self.spec.units, batch.stop + self.chunk))
         self.pending = self._rows(batch.start, batch.stop)
 
     def save(self, name: str, cursor: int, done: bool) -> Checkpoint:
@@ -427,8 +354,8 @@ class _ResultWrites:
         pass
 
     def _rows(self, begin: int, end: int) -> tuple[list, list, list, list]:
-        results, params, dataset_id, image_of, crops = (
-            self.results, self.request.params, self.request.dataset_id, self.image_of, self.crops)
+        results, params, dataset_id, image_of, boxes = (
+            self.results, self.request.params, self.request.dataset_id, self.image_of, self.boxes)
         n_examples = results.top_positions.shape[1]
         measure = "spatial maximum" if self.spec.spatial else "value"
         pre = self.spec.pre_activation_module is not None
@@ -446,7 +373,7 @@ class _ResultWrites:
                     examples.append({
                         "unit_id": uid, "dataset_id": dataset_id, "sign": sign, "rank": rank,
                         "image_id": int(image_of[position]), "activation": float(values[u, rank]),
-                        "position": arg, "crop_uri": crops.uri(position, arg) if crops is not None else None,
+                        "position": arg, "crop_uri": None, "crop_box": boxes[arg] if boxes is not None else None,
                     })
             edges = results.bucket_edges[u]
             for b in range(params.buckets):
@@ -521,8 +448,6 @@ def run_examples(store: StoreConfig, request: ExamplesRequest, *, show_progress:
             units_written=written,
             write_seconds=round(write_seconds, 2),
             write_units_per_second=round(written / write_seconds, 2) if write_seconds > 0 and written else None,
-            images_decoded=sum(v.get("images_decoded", 0) for v in layer_summaries.values()),
-            crops_encoded=sum(v.get("crops_encoded", 0) for v in layer_summaries.values()),
             seconds=round(time.monotonic() - started, 2),
         )
         return summary

@@ -84,7 +84,8 @@ def unit_thumbnails(session: Session, urls: Urls, unit_ids: Iterable[int]) -> di
     Units without a picture are absent: look them up with `.get(unit_id, NO_THUMBNAIL)`."""
     out: dict[int, dict[str, str | None]] = {}
     for unit_id, thumbnail in queries.unit_thumbnails(session, unit_ids).items():
-        url = urls.blob(thumbnail.blob_uri)
+        url = (urls.crop(thumbnail.model_id, thumbnail.blob_uri, thumbnail.crop_box) if thumbnail.crop_box
+               else urls.blob(thumbnail.blob_uri))
         if url is not None:
             out[unit_id] = {"thumbnail_url": url, "thumbnail_kind": thumbnail.kind}
     return out

@@ -52,7 +52,7 @@ def _featureviz(rows: list[dict[str, Any]], urls: Urls) -> dict[str, list[dict[s
     return groups
 
 
-def _examples(rows: list[dict[str, Any]], spatial: list[int] | None, urls: Urls) -> list[dict[str, Any]]:
+def _examples(rows: list[dict[str, Any]], spatial: list[int] | None, urls: Urls, model_id: str) -> list[dict[str, Any]]:
     by_dataset: dict[str, dict[str, Any]] = {}
     for row in rows:
         group = by_dataset.setdefault(row["dataset_id"], {"dataset": row["dataset_id"], "top": [], "bottom": []})
@@ -61,7 +61,7 @@ def _examples(rows: list[dict[str, Any]], spatial: list[int] | None, urls: Urls)
                 "rank": row["rank"],
                 "activation": row["activation"],
                 "image_url": urls.blob(row["blob_uri"]),
-                "crop_url": urls.blob(row["crop_uri"]),
+                "crop_url": urls.example_crop(model_id, row),
                 "width": row["width"],
                 "height": row["height"],
                 "position": row["position"],
@@ -181,7 +181,7 @@ def _unit_results(
     uid = unit["id"]
     return {
         "featureviz": _featureviz(queries.featureviz_of(session, uid), urls),
-        "examples": _examples(queries.examples_of(session, uid), spatial, urls),
+        "examples": _examples(queries.examples_of(session, uid), spatial, urls, model_id),
         "buckets": _buckets(queries.buckets_of(session, uid), urls),
         "words": _words(session, uid, model_id),
         "decomposition": _decomposition(session, uid),
@@ -219,16 +219,24 @@ def unit_page(
     session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, urls: Urls,
     results: TTLCache | None = None, word_list: str | None = None, generation: Hashable = None,
 ) -> dict[str, Any]:
+    return unit_page_and_generation(session, cache, model_id, layer_name, index, urls, results, word_list, generation)[0]
+
+
+def unit_page_and_generation(
+    session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, urls: Urls,
+    results: TTLCache | None = None, word_list: str | None = None, generation: Hashable = None,
+) -> tuple[dict[str, Any], Hashable]:
     """The unit page. With `results`, what the jobs wrote (visualizations, examples, words,
     decompositions, neighbours) is reused until a job commits anything (in any process; see
     queries.results_generation) or the cache's lifetime ends; the unit row (label,
     statistics), its notes, its collections and its neighbours' labels are read on every view.
     `word_list` picks the one word list whose top words are shown (default: all, the model's
     default first). `generation` is the caller's reading of queries.results_generation, if it
-    has one."""
+    has one; returns (the page, the generation its results were read under)."""
     if results is not None and generation is None:
-        generation = queries.results_generation(session)
-    unit = queries.unit_core(session, model_id, layer_name, index)
+        unit, generation = queries.unit_core_and_generation(session, model_id, layer_name, index)  # one round trip
+    else:
+        unit = queries.unit_core(session, model_id, layer_name, index)
     if unit is None:
         require_model(session, model_id)
         layer = require_layer(session, model_id, layer_name)
@@ -297,4 +305,4 @@ def unit_page(
         **urls.unit_links(model_id, layer_name, index),
         **({"url": urls.html.unit(model_id, layer_name, index, word_list=word_list),
             "api_url": urls.api.unit(model_id, layer_name, index, word_list=word_list)} if word_list else {}),
-    }
+    }, generation

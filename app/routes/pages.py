@@ -19,7 +19,7 @@ from app import pages as builders
 from app.dependencies import get_session
 from app.pages.common import DEFAULT_PER_PAGE, MAX_PER_PAGE, require_annotation, require_collection, require_unit
 from app.ratelimit import limit_live
-from app.pages.unit import unit_view_key
+from app.pages.unit import unit_page_and_generation, unit_view_key
 from app.rendering import render, render_anonymous, set_cookie
 from app.routes.api import relabelled
 from app.urls import request_urls
@@ -70,9 +70,8 @@ def layer_page(model_id: str, layer: str, request: Request, sort: str = Query("i
 def unit_page(model_id: str, layer: str, unit: UnitIndex, request: Request,
               word_list: str | None = Query(None, max_length=128), session: Session = Depends(get_session)) -> HTMLResponse:
     state = request.app.state
-    generation = queries.results_generation(session)
-    payload = builders.unit_page(session, state.vectors, model_id, layer, unit, request_urls(request), state.unit_cache,
-                                 word_list=word_list, generation=generation)
+    payload, generation = unit_page_and_generation(session, state.vectors, model_id, layer, unit, request_urls(request),
+                                                   state.unit_cache, word_list=word_list)
     user = auth.page_user(request, session)
     saved = request.query_params.get("saved")
     if user is None:

@@ -12,7 +12,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from alembic.runtime.migration import MigrationContext
+from app.crops import crop_maker, placeholder
 from app.routes.schemas import Health
+from precompute.crop_boxes import CropBox
 from precompute.errors import Problem
 from store.blobs import BLOB_NAME, BlobStore, MissingBlob
 from app.dependencies import get_session
@@ -42,6 +44,23 @@ def healthz(request: Request, session: Session = Depends(get_session)) -> JSONRe
         expected_revision=expected,
     )
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get("/blobs/crop/{model_id}/{box}/{name}", include_in_schema=False)
+def crop(model_id: str, box: str, name: str, request: Request) -> Response:
+    """The crop `box` of the stored image `name` as `model_id` saw it, cut on first request
+    (app.crops); a placeholder when it cannot be cut."""
+    if not BLOB_NAME.match(name):
+        raise Problem(404, "not-a-blob-name", f"{name!r} is not a blob name (the sha256 of the bytes, then a suffix).")
+    try:
+        crop_box = CropBox.parse(box)
+    except ValueError as error:
+        raise Problem(404, "not-a-crop-box", str(error)) from None
+    body = crop_maker(request.app.state).png(model_id, crop_box, name)
+    if body is None:
+        return Response(placeholder(), status_code=404, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+    etag = f'"{name.split(".", 1)[0][:32]}-{model_id}-{crop_box.text()}"'
+    return Response(body, media_type="image/png", headers={"Cache-Control": IMMUTABLE, "ETag": etag})
 
 
 @router.get("/blobs/{name}", include_in_schema=False)

@@ -146,6 +146,9 @@ def _serve_everything(client: TestClient) -> set[str]:
         response = client.get(link)
         assert response.status_code == 200, (link, response.status_code)
         name = link.rsplit("/", 1)[-1]
+        if link.startswith("/blobs/crop/"):  # cut from the stored image `name` on request
+            assert response.headers["content-type"] == "image/png" and response.content.startswith(b"\x89PNG"), link
+            continue
         assert hashlib.sha256(response.content).hexdigest() == name.split(".")[0], link
     return links
 
@@ -160,12 +163,14 @@ def test_stored_references_are_names(built: BuiltStore) -> None:
         with make_sessionmaker(engine)() as session:
             images = session.scalars(select(StoredImage.blob_uri)).all()
             crops = session.scalars(select(DatasetExample.crop_uri)).all()
+            boxes = session.scalars(select(DatasetExample.crop_box)).all()
             embeddings = session.execute(select(WordEmbedding.vectors_uri, WordEmbedding.mean_uri)).all()
             states = session.scalars(select(Job.state_uri)).all()
     finally:
         engine.dispose()
     assert len(images) == IMAGES and all(name.match(uri) for uri in images)
-    assert crops and all(name.match(uri) for uri in crops)  # layer4 is spatial: every example has a crop
+    # layer4 is spatial: every example records its crop box; the crop is cut from the image on request.
+    assert crops and all(uri is None for uri in crops) and all(re.fullmatch(r"\d+,\d+,\d+,\d+,\d+", box) for box in boxes)
     assert embeddings and all(name.match(a) and name.match(b) for a, b in embeddings)
     states = [uri for uri in states if uri is not None]  # jobs that keep no state have none
     assert len(states) == 2 and all("/" not in uri and uri.endswith(".npz") for uri in states)
@@ -230,7 +235,11 @@ def test_a_missing_blob_is_a_placeholder_null_and_404(built: BuiltStore, tmp_pat
         # The unit page: the example is still listed, its image is a placeholder / null.
         after = client.get(f"/api/v1{unit_path}").json()
         entry = next(e for e in after["examples"][0]["top"] if e["rank"] == example["rank"])
-        assert entry["image_url"] is None and entry["crop_url"] == example["crop_url"]
+        # Its crop is cut from that image: a placeholder too, and its URL answers a placeholder, not a 500.
+        assert entry["image_url"] is None and entry["crop_url"] is None
+        lost_crop = client.get(example["crop_url"])
+        assert lost_crop.status_code == 404 and lost_crop.headers["content-type"].startswith("image/svg")
+        assert lost_crop.headers["cache-control"] == "no-store"
         html = client.get(unit_path)
         assert html.status_code == 200
         figure = re.search(rf'<figure class="example" data-rank="{example["rank"]}".*?</figure>', html.text, re.S).group(0)
@@ -242,6 +251,10 @@ def test_a_missing_blob_is_a_placeholder_null_and_404(built: BuiltStore, tmp_pat
         assert gone.status_code == 404 and "missing-blob" in gone.text
         assert client.get(f"/blobs/{'0' * 64}.png").status_code == 404
         assert client.get("/blobs/not-a-name.png").status_code == 404
+        crop_box = example["crop_url"].split("/")[-2]
+        for bad in (f"/blobs/crop/{MODEL}/1,2,3/{lost_image}", f"/blobs/crop/{MODEL}/0,0,9999,9999,64/{lost_image}",
+                    f"/blobs/crop/no-such-model/{crop_box}/{lost_image}", f"/blobs/crop/{MODEL}/{crop_box}/not-a-name.png"):
+            assert client.get(bad).status_code == 404, bad
 
         # Read server-side: nearest units and word arithmetic say the embedding is missing.
         assert after["nearest"]["basis"] is None and "missing from the blob store" in after["nearest"]["explanation"]

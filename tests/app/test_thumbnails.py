@@ -1,7 +1,7 @@
 """Every page that lists a unit shows its picture, on a store filled by the real examples and
 words jobs (toy-rn's layer4 on 120 synthetic images): the nearest-units strip, the layer grid,
 text and prompt search, a collection and the probe, as HTML and in the JSON twins. Each
-picture is the unit's strongest dataset example (its crop) until a feature visualization
+picture is the unit's strongest dataset example (its crop, cut on request) until a feature visualization
 exists, and it is served as an image. Listing more units costs no more SQL statements."""
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def expected(jobs_store: JobsStore) -> dict[int, tuple[str, str]]:
         with make_sessionmaker(engine)() as session:
             in_layer = (Layer.model_id == MODEL, Layer.name == LAYER)
             examples = session.execute(
-                select(Unit.index, DatasetExample.crop_uri, StoredImage.blob_uri)
+                select(Unit.index, DatasetExample.crop_box, StoredImage.blob_uri)
                 .join(DatasetExample, DatasetExample.unit_id == Unit.id).join(Layer, Layer.id == Unit.layer_id)
                 .join(StoredImage, StoredImage.id == DatasetExample.image_id)
                 .where(*in_layer, DatasetExample.sign == "top", DatasetExample.rank == 0)
@@ -141,9 +141,9 @@ def expected(jobs_store: JobsStore) -> dict[int, tuple[str, str]]:
             unit_count = session.scalar(select(Layer.units).where(*in_layer))
     finally:
         engine.dispose()
-    out = {index: (f"/blobs/{BlobStore.blob_name(crop or image)}", "example") for index, crop, image in examples}
+    out = {index: (f"/blobs/crop/{MODEL}/{box}/{BlobStore.blob_name(image)}", "example") for index, box, image in examples}
     assert len(out) == unit_count == 768  # the examples job gave every unit its strongest example
-    assert all(crop for _, crop, _ in examples)  # a spatial layer: each example has its crop
+    assert all(box for _, box, _ in examples)  # a spatial layer: each example has its crop box
     out.update({index: (f"/blobs/{BlobStore.blob_name(uri)}", "featureviz") for index, uri in featureviz})
     return out
 

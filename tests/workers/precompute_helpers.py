@@ -105,7 +105,8 @@ def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
             layers = dict(((lid, (m, n)) for lid, m, n in session.execute(select(Layer.id, Layer.model_id, Layer.name)).all()))
             out: dict[str, list[tuple[Any, ...]]] = {}
             out["dataset_examples"] = sorted(
-                (units[r.unit_id], r.dataset_id, r.sign, r.rank, sha[r.image_id], r.activation, r.position, _name(r.crop_uri))
+                (units[r.unit_id], r.dataset_id, r.sign, r.rank, sha[r.image_id], r.activation, r.position, _name(r.crop_uri),
+                 r.crop_box)
                 for r in session.execute(select(DatasetExample)).scalars()
             )
             out["bucket_samples"] = sorted(

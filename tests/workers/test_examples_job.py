@@ -20,8 +20,9 @@ from store.models import BucketSample, DatasetExample, Job, Layer, StoredImage, 
 from store.session import make_engine, make_sessionmaker
 from precompute.crops import cell_box, model_view, png_bytes
 from precompute.errors import MicroscopeError, UnknownLayerError
-from precompute.examples import ExampleParams, ranking_values
+from precompute.examples import ExampleParams
 from precompute.images import decode_image
+from tests.workers.reference_activations import reference_values
 from tests.workers.precompute_helpers import (
     assert_same_store,
     register_random,
@@ -70,7 +71,6 @@ def _check_layer(session, blobs, loaded, dataset, layer_name, images, recomputed
         by_unit.setdefault((example.unit_id, example.sign), []).append((example, sha))
     buckets = {uid for (uid,) in session.execute(
         select(BucketSample.unit_id).join(Unit, Unit.id == BucketSample.unit_id).where(Unit.layer_id == layer.id)).all()}
-    crops_checked = 0
     for unit in units:
         assert unit.id in buckets
         assert unit.min <= unit.mean <= unit.max and unit.std >= 0 and 0 <= unit.fraction_active <= 1
@@ -88,12 +88,10 @@ def _check_layer(session, blobs, loaded, dataset, layer_name, images, recomputed
                 assert example.activation == pytest.approx(float(column[sha_position[sha]]), rel=1e-3, abs=1e-5)
                 if spec.spatial:
                     h, w = spec.spatial
-                    assert 0 <= example.position < h * w and example.crop_uri
-                    if crops_checked < 3:
-                        assert decode_image(blobs.get(example.crop_uri)).size == (128, 128)
-                        crops_checked += 1
+                    assert 0 <= example.position < h * w and example.crop_uri is None
+                    assert example.crop_box.endswith(",128")  # shown at the default crop size
                 else:
-                    assert example.position is None and example.crop_uri is None
+                    assert example.position is None and example.crop_uri is None and example.crop_box is None
             extreme = column.max() if sign == "top" else column.min()
             assert got[0][0].activation == pytest.approx(float(extreme), rel=1e-3, abs=1e-5)
         assert unit.max == pytest.approx(float(column.max()), rel=1e-3, abs=1e-5)
@@ -119,9 +117,8 @@ def test_toy_models_on_the_synthetic_world(migrated_url, tmp_path, toys):
         for arch, layers in plans.items():
             loaded = toys[arch]
             batch = torch.stack([loaded.preprocess(decode_image(blobs.get(uri))) for *_, uri in items])
-            values = ranking_values(loaded, batch, layers)
             for layer in layers:
-                _check_layer(session, blobs, loaded, "world", layer, images, values[layer][0].numpy())
+                _check_layer(session, blobs, loaded, "world", layer, images, reference_values(loaded.model, arch, layer, batch))
         jobs = session.scalars(select(Job)).all()
         assert len(jobs) == 4 * 3 and all(job.state == "done" and job.progress == 1.0 for job in jobs)
     engine.dispose()
@@ -222,69 +219,71 @@ def _reference_crop(loaded, image: Image.Image, box, size: int = 128) -> np.ndar
     return np.asarray(view.crop(box).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def _crop_rows(session, model_id: str, layer: str, from_unit: int = 0) -> list[tuple[int, int, int, str]]:
-    """(unit index, image id, grid position, crop URI) of every example of a layer."""
+def _crop_rows(session, model_id: str, layer: str) -> list[tuple[int, int, int, str | None, str | None]]:
+    """(unit index, image id, grid position, crop URI, crop box) of every example of a layer."""
     return session.execute(
-        select(Unit.index, DatasetExample.image_id, DatasetExample.position, DatasetExample.crop_uri)
+        select(Unit.index, DatasetExample.image_id, DatasetExample.position, DatasetExample.crop_uri, DatasetExample.crop_box)
         .join(Unit, Unit.id == DatasetExample.unit_id).join(Layer, Layer.id == Unit.layer_id)
-        .where(Layer.model_id == model_id, Layer.name == layer, Unit.index >= from_unit)
+        .where(Layer.model_id == model_id, Layer.name == layer)
     ).all()
 
 
-def test_each_crop_is_made_once_and_each_image_decoded_once(migrated_url, tmp_path, toys):
-    """Crops repeat across units: the same image at the same grid cell, or at cells that share
-    a box (toy-rn's layer4 is 2x2 over a 64 px input, so its every cell's box is the whole
-    input). The write phase encodes and stores each (image, box) once and decodes each image
-    once, also when it resumes half-way; every stored crop shows the right pixels."""
+def test_examples_record_crop_boxes_and_the_server_cuts_the_crops(migrated_url, tmp_path, toys):
+    """The write phase stores no crops: each example records the box around its maximum, and
+    the web server cuts the crop from the stored image when the page asks, showing the pixels
+    the model saw there (a reference computed here in torch)."""
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+    from app.settings import Settings
+
     register_synthetic(migrated_url, tmp_path, "world", 24)
     blobs = BlobStore(str(tmp_path / "blobs"))
+    def images_stored() -> set[str]:
+        return {path for path in blobs.fs.find(blobs.root) if path.endswith(".png")}
+
+    stored_before = images_stored()
     engine = make_engine(migrated_url)
+    settings = Settings(database_url=migrated_url, blob_url=str(tmp_path / "blobs"), data_dir=tmp_path / "data", device="cpu")
     try:
         for arch, layer in (("toy-rn", "layer4"), ("toy-vit", "transformer.resblocks.5.mlp")):
             loaded = toys[arch]
             spec = loaded.spec.layer(layer)
+            size = loaded.spec.image_size
             register_random(migrated_url, arch, arch, loaded)
             with counted_calls(png_bytes, model_view) as calls:
-                summary = examples(migrated_url, tmp_path, loaded, "world", [layer], shards=2)
+                summary = examples(migrated_url, tmp_path, loaded, "world", [layer], shards=2, crop_size=96)
+            assert calls[png_bytes] == calls[model_view] == 0
+            assert summary["units_written"] == spec.units and summary["write_units_per_second"] > 0
+            assert images_stored() == stored_before  # no crop blobs
             with make_sessionmaker(engine)() as session:
                 rows = _crop_rows(session, arch, layer)
-                uri_of = {image_id: uri for _, image_id, _, uri in repository.dataset_items(session, "world")}
-            boxes = {(image_id, cell_box(spec, loaded.spec.image_size, position)) for _, image_id, position, _ in rows}
-            images = {image_id for _, image_id, _, _ in rows}
-            cells = {(image_id, position) for _, image_id, position, _ in rows}
-            assert len(rows) == spec.units * 2 * PARAMS.k > len(cells) > len(boxes)  # crops do repeat across units
-            assert calls[png_bytes] == len(boxes)
-            assert calls[model_view] == len(images)
-            assert summary["crops_encoded"] == len(boxes) and summary["images_decoded"] == len(images)
-            assert summary["units_written"] == spec.units and summary["write_units_per_second"] > 0
+            assert len(rows) == spec.units * 2 * PARAMS.k
+            h, w = spec.spatial
+            sides = set()
+            for _, _, position, crop_uri, text in rows:
+                assert crop_uri is None
+                left, top, right, bottom, side = (int(v) for v in text.split(","))
+                row, col = divmod(position, w)
+                # The box holds the maximum's grid cell, inside the input, and is shown at --crop-size.
+                assert 0 <= left <= col * size / w and (col + 1) * size / w <= right <= size
+                assert 0 <= top <= row * size / h and (row + 1) * size / h <= bottom <= size
+                assert side == 96
+                sides.add((right - left, bottom - top))
+            assert len(sides) == 1  # every crop of a layer has the same size
 
-            crop_of = {}
-            for _, image_id, position, uri in rows:
-                box = cell_box(spec, loaded.spec.image_size, position)
-                assert crop_of.setdefault((image_id, box), uri) == uri  # one blob per (image, box)
-            for (image_id, box), uri in sorted(crop_of.items())[:: max(1, len(crop_of) // 12)]:
-                expected = _reference_crop(loaded, decode_image(blobs.get(uri_of[image_id])), box)
-                np.testing.assert_array_equal(np.asarray(decode_image(blobs.get(uri))), expected)
-
-        # Resume toy-vit's writes at its second chunk of units, with the crops gone from the store:
-        # only what the remaining units show is made again, and the rows are the same.
-        before = snapshot(migrated_url)
-        for uri in {uri for *_, uri in rows}:
-            blobs.fs.rm(blobs.path_for(blobs.blob_name(uri)))
-        with make_sessionmaker(engine)() as session:
-            merge = session.scalar(select(Job).where(Job.kind == "examples-merge", Job.model_id == "toy-vit"))
-            repository.checkpoint_job(session, merge.id, 256, None)
-            repository.reset_job(session, merge.id)
-            session.commit()
-        with counted_calls(png_bytes, model_view) as calls:
-            summary = examples(migrated_url, tmp_path, loaded, "world", [layer], shards=2)
-        assert summary["units_written"] == spec.units - 256
-        assert_same_store(before, snapshot(migrated_url))
-        with make_sessionmaker(engine)() as session:
-            rest = _crop_rows(session, "toy-vit", layer, from_unit=256)
-        assert calls[png_bytes] == len({(image_id, cell_box(spec, loaded.spec.image_size, position))
-                                        for _, image_id, position, _ in rest}) < len(boxes)
-        assert calls[model_view] == len({image_id for _, image_id, _, _ in rest})
-        assert all(blobs.exists(uri) for *_, uri in rest)
+            with TestClient(create_app(settings)) as client:
+                for index in (0, spec.units - 1):
+                    twin = client.get(f"/api/v1/models/{arch}/{layer}/{index}").json()
+                    shown = [e for group in twin["examples"] for sign in ("top", "bottom") for e in group[sign]]
+                    assert len(shown) == 2 * PARAMS.k and all(e["crop_url"] for e in shown)
+                    for example in shown[:: PARAMS.k - 1]:
+                        served = client.get(example["crop_url"])
+                        assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+                        assert "immutable" in served.headers["cache-control"]
+                        image = decode_image(client.get(example["image_url"]).content)
+                        cell = cell_box(spec, size, example["position"])
+                        np.testing.assert_array_equal(np.asarray(decode_image(served.content)),
+                                                      _reference_crop(loaded, image, cell, 96))
     finally:
         engine.dispose()

@@ -64,7 +64,7 @@ def test_final_layer_of_a_real_architecture(arch, migrated_url, tmp_path, towers
         assert per_unit(WordActivation, WordActivation.rank == 2) == units
         assert session.scalar(select(func.count()).select_from(Unit).where(Unit.layer_id == layer_id, Unit.histogram.is_not(None))) == units
         assert session.scalar(select(func.count()).select_from(WordEmbedding).where(WordEmbedding.layer_id == layer_id)) == 1
-        crops = session.scalar(select(func.count(DatasetExample.crop_uri)).join(Unit, Unit.id == DatasetExample.unit_id)
+        crops = session.scalar(select(func.count(DatasetExample.crop_box)).join(Unit, Unit.id == DatasetExample.unit_id)
                                .where(Unit.layer_id == layer_id))
         assert crops == units * 6
     engine.dispose()

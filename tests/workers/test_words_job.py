@@ -11,7 +11,7 @@ from store.blobs import BlobStore
 from store.models import Layer, Unit, WordActivation, WordList
 from store.session import make_engine, make_sessionmaker
 from precompute.errors import MicroscopeError
-from precompute.examples import ranking_values
+from tests.workers.reference_activations import reference_values
 from precompute.words import common_words, render_word
 from tests.workers.precompute_helpers import assert_same_store, register_random, single_thread, snapshot, store_config
 from workers.words_job import WordsRequest, load_word_embeddings, run_words
@@ -38,7 +38,7 @@ def test_words_top_units_and_embeddings(migrated_url, tmp_path):
 
     layer = "transformer.resblocks.5.mlp"
     images = torch.stack([loaded.preprocess(render_word(w, 64)) for w in words])
-    expected = ranking_values(loaded, images, [layer])[layer][0].numpy()  # (words, units)
+    expected = reference_values(loaded.model, "toy-vit", layer, images)  # (words, units)
     engine = make_engine(migrated_url)
     with make_sessionmaker(engine)() as session:
         stored = session.get(WordList, list_id)
