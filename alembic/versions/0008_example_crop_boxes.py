@@ -1,7 +1,7 @@
 """dataset examples record the box of their crop, cut when a page asks for it
 
 Revision ID: 0008
-Revises: 0003
+Revises: 0007
 Create Date: 2026-12-01
 
 `dataset_examples.crop_box` is the region around the unit's maximum, in model-input pixels,
@@ -17,7 +17,7 @@ from alembic import op
 
 
 revision: str = '0008'
-down_revision: str | Sequence[str] | None = '0003'
+down_revision: str | Sequence[str] | None = '0007'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
