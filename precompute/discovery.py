@@ -483,3 +483,166 @@ def maximal_text(loaded: LoadedModel, direction: torch.Tensor | np.ndarray, *, p
         for p, flag in zip(loaded.model.parameters(), requires):
             p.requires_grad_(flag)
         loaded.model.train(was_training)
+
+
+# -- what the pages ask for -------------------------------------------------------------------------
+VIT_LATE = "vit-late"  # a layer set only ViT towers have: MLP layers 8-10 of a 12-block tower, the last three otherwise
+LAYER_SETS = (VIT_LATE, "stored")
+
+
+def vit_late_layers(depth: int) -> list[str]:
+    blocks = [8, 9, 10] if depth == 12 else list(range(max(0, depth - 3), depth))
+    return [f"transformer.resblocks.{b}.mlp" for b in blocks]
+
+
+def segmentation_layers(arch_family: str, depth: int, stored: Sequence[str], spec: str | None) -> list[str]:
+    """The layers segmentation reads: an explicit comma list, a named set, or the default
+    (ViT-B-32: MLP layers 8-10; other ViTs: every MLP layer with stored directions, toy-vit's
+    included; ResNets: `layer4`). Refusals are 422 Problems with a reason."""
+    spec = (spec or "").strip()
+    if not spec:
+        if arch_family == "vit":
+            late = [name for name in vit_late_layers(depth) if name in stored]
+            chosen = late if depth == 12 and late else [name for name in stored if name.endswith(".mlp")]
+        else:
+            chosen = [name for name in stored if name == "layer4"]
+        if not chosen:
+            raise Problem(422, "no-directions", "no layer of this model has stored directions to segment with; run "
+                          "`microscope precompute directions` first")
+        return chosen
+    if spec == VIT_LATE:
+        if arch_family != "vit":
+            raise Problem(422, "layer-set-needs-vit", f"the layer set {VIT_LATE!r} (MLP layers 8-10) exists only for ViT "
+                          "towers; name a ResNet's layers (e.g. layer4) instead")
+        chosen = vit_late_layers(depth)
+    elif spec == "stored":
+        chosen = list(stored)
+    else:
+        chosen = list(dict.fromkeys(part.strip() for part in spec.split(",") if part.strip()))
+    missing = [name for name in chosen if name not in stored]
+    if missing:
+        raise Problem(422, "no-directions", f"no stored directions for {', '.join(missing[:4])}; layers with directions: "
+                      f"{', '.join(stored) or 'none'}")
+    return chosen
+
+
+@torch.inference_mode()
+def class_embedding(loaded: LoadedModel, name: str) -> torch.Tensor:
+    """The unit-length text embedding of a class name, as the zero-shot classifier names it: a
+    world shape or colour by the world's prompt ensemble on a toy model, otherwise the mean of
+    the name's prompts (OpenAI's templates for a real CLIP, the world's singular ones for a toy)."""
+    from precompute import zeroshot
+
+    name = (name or "").strip()
+    if not name:
+        raise Problem(422, "empty-class-name", "the class name is empty")
+    if zeroshot._is_toy(loaded):  # noqa: SLF001 -- the zero-shot module's own test
+        for set_id in ("world-shapes", "world-colors", "world"):
+            labels = zeroshot.label_set(set_id)
+            if name.lower() in (n.lower() for n in labels.names):
+                return zeroshot.class_features(loaded, labels)[labels.index(name)].float().cpu()
+        templates = zeroshot.TOY_USER_TEMPLATES
+    else:
+        import open_clip
+
+        templates = open_clip.OPENAI_IMAGENET_TEMPLATES
+    return zeroshot._prompt_means(loaded, (name,), templates)[0].float().cpu()  # noqa: SLF001
+
+
+def heat_png(heat: np.ndarray, mask: np.ndarray | None = None) -> bytes:
+    """A heat map (and optionally its mask's outline) as an RGBA PNG to lay over the picture."""
+    import io
+
+    from PIL import Image
+
+    h = np.clip(heat, 0, 1)
+    rgba = np.zeros((*h.shape, 4), dtype=np.uint8)
+    rgba[..., 0] = (255 * np.clip(2 * h, 0, 1)).astype(np.uint8)
+    rgba[..., 1] = (255 * np.clip(2 * h - 1, 0, 1)).astype(np.uint8)
+    rgba[..., 2] = (255 * (1 - h) * 0.3).astype(np.uint8)
+    rgba[..., 3] = (40 + 160 * h).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(out, format="PNG")
+    return out.getvalue()
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L").save(out, format="PNG")
+    return out.getvalue()
+
+
+# -- one request of the /discover page, computed for a batch of pictures ----------------------------
+@dataclass(frozen=True, eq=False)
+class DiscoverRequest:
+    """What /discover asks of the model for one picture (compared by identity, batched by key)."""
+
+    concepts: LayerKnowledge | None
+    segmentation: tuple[LayerKnowledge, ...]
+    class_name: str | None
+    labels: object  # a precompute.zeroshot.LabelSet
+    ablations: tuple[Ablation, ...] = ()
+    top_texts: int = CONCEPT_TEXTS
+    top_classes: int = 5
+    segmentation_neurons: int = SEGMENTATION_NEURONS
+
+    def key(self) -> tuple:
+        return (id(self.concepts), tuple(id(k) for k in self.segmentation), self.class_name, getattr(self.labels, "id", None),
+                tuple((a.layer, a.units, a.mode, a.values) for a in self.ablations), self.top_texts, self.top_classes,
+                self.segmentation_neurons)
+
+
+def _concepts_dict(result: Concepts) -> dict:
+    return {"layer": result.layer, "active": result.active,
+            "texts": [{"text": c.text, "score": c.score, "neurons": c.neurons} for c in result.concepts]}
+
+
+def _segmentation_dict(seg: Segmentation, size: tuple[int, int]) -> dict:
+    return {"heat_png": heat_png(seg.heat), "mask_png": mask_png(seg.mask), "grid": list(seg.grid), "size": list(size),
+            "mask_fraction": float(seg.mask.mean()), "heat": seg.heat}
+
+
+def analyse(loaded: LoadedModel, images: Sequence, requests: Sequence[DiscoverRequest], *, cache=None) -> list[dict]:
+    """Concepts, segmentation and zero-shot prediction of PIL pictures, and again with the
+    request's ablations in force. Pictures with the same request key share one batch."""
+    from precompute.zeroshot import class_features, top_classes
+
+    out: list[dict | None] = [None] * len(images)
+    groups: dict[tuple, list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(request.key(), []).append(i)
+    for rows in groups.values():
+        request = requests[rows[0]]
+        pixels = torch.stack([loaded.preprocess(images[i]) for i in rows])
+        size = tuple(pixels.shape[-2:])
+        classes = cache.get(loaded, request.labels) if cache is not None else class_features(loaded, request.labels)
+        neurons = []
+        if request.class_name is not None and request.segmentation:
+            neurons = aligned_neurons(request.segmentation, class_embedding(loaded, request.class_name),
+                                      request.segmentation_neurons)
+        map_layers = list(dict.fromkeys(layer for layer, _, _ in neurons))
+        effect_layers = [request.concepts.layer] if request.concepts is not None else []
+        states = [("before", ())] + ([("after", request.ablations)] if request.ablations else [])
+        readings = {}
+        for state, ablations in states:
+            readings[state] = read(loaded, pixels, map_layers=map_layers, effect_layers=effect_layers, ablations=ablations)
+        for j, i in enumerate(rows):
+            result: dict = {"pixels": pixels[j]}
+            for state, _ in states:
+                reading = readings[state]
+                part: dict = {"prediction": top_classes(request.labels, zero_shot(loaded, reading.embeddings[j:j + 1],
+                                                                                 classes)[0], request.top_classes)}
+                if request.concepts is not None:
+                    part["concepts"] = _concepts_dict(discover_concepts(request.concepts, reading.effects[request.concepts.layer][j],
+                                                                        top=request.top_texts))
+                if neurons:
+                    seg = segment({layer: reading.maps[layer][j] for layer in map_layers}, neurons, size)
+                    part["segmentation"] = _segmentation_dict(seg, size)
+                result[state] = part
+            result["neurons"] = [{"layer": layer, "unit": unit, "alignment": alignment} for layer, unit, alignment in neurons]
+            out[i] = result
+    return out  # type: ignore[return-value]

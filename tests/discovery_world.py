@@ -22,6 +22,7 @@ TRAIN_SEED = 7
 HELD_OUT_SEED = 1234
 IMAGES = 320
 TOP = 16  # the 16th-largest norm over 320 pictures: about the top 5 %, the article's 98th percentile in spirit
+TERMS = 8  # terms per decomposition: on the toy models 6-8 name colours and shapes best (32 adds noise words)
 LAYERS = {"toy-vit": ("transformer.resblocks.3.mlp", "transformer.resblocks.4.mlp", "transformer.resblocks.5.mlp"),
           "toy-rn": ("layer4",)}
 CONCEPT_LAYER = {"toy-vit": "transformer.resblocks.5.mlp", "toy-rn": "layer4"}
@@ -66,7 +67,7 @@ def knowledge(arch: str) -> dict[str, LayerKnowledge]:
     for name in layers:
         r, thresholds = directions(tops[name])
         units = np.arange(r.shape[0], dtype=np.int64)
-        out[name] = LayerKnowledge(name, units, r, tops[name].mean, thresholds, texts, decompose_layer(r, embeddings))
+        out[name] = LayerKnowledge(name, units, r, tops[name].mean, thresholds, texts, decompose_layer(r, embeddings, TERMS))
     return out
 
 
