@@ -646,3 +646,14 @@ def analyse(loaded: LoadedModel, images: Sequence, requests: Sequence[DiscoverRe
             result["neurons"] = [{"layer": layer, "unit": unit, "alignment": alignment} for layer, unit, alignment in neurons]
             out[i] = result
     return out  # type: ignore[return-value]
+
+
+def cue_success(loaded: LoadedModel, images: Sequence, text: str, labels, target: int, *, cache=None) -> float:
+    """The share of `images` (PIL pictures of the source class) that the model classifies as
+    class `target` of `labels` once `text` is written on them (the article's fixed placement)."""
+    from precompute.typographic import render_attack
+    from precompute.zeroshot import classify
+
+    attacked = [render_attack(image, text).image for image in images]
+    probs = classify(loaded, attacked, labels, cache=cache)
+    return float((probs.argmax(dim=1) == target).float().mean()) if len(attacked) else 0.0
