@@ -232,3 +232,55 @@ def discover(request: Request, session: Session, *, model_id: str, form: Discove
     return discover_result(session, request_urls(request), model_id=model_id, live=live, source=source, summary=summary,
                            rerun=rerun)
 
+
+
+def cues(request: Request, session: Session, *, model_id: str, source: str, target: str, layers: str | None,
+         top: int = 10) -> dict[str, Any]:
+    """Spurious cues for (source -> target) from the decompositions of the model's layers."""
+    from precompute.discovery import CuesRequest
+    from precompute.zeroshot import label_set
+
+    model = require_model(session, model_id)
+    source, target = (source or "").strip(), (target or "").strip()
+    if not source or not target:
+        raise Problem(422, "empty-class-name", "name both classes: the pictures' class and the class to push them toward")
+    if source.lower() == target.lower():
+        raise Problem(422, "same-classes", "the two classes must differ")
+    if not 1 <= top <= 50:
+        raise Problem(422, "bad-top", "top is between 1 and 50 words")
+    all_layers = queries.layers_of(session, [model_id]).get(model_id, [])
+    by_name = {l["name"]: l for l in all_layers}
+    stored = stored_direction_layers(session, all_layers)
+    names = [part.strip() for part in (layers or "").split(",") if part.strip()] or stored
+    for name in names:
+        if name not in by_name:
+            raise Problem(404, "unknown-layer", f"Model {model_id!r} has no layer {name!r}.")
+    knowledge: _Knowledge = _state(request, "discover_knowledge", _Knowledge)
+    blobs: BlobStore = request.app.state.blobs
+    known = [knowledge.get(session, blobs, by_name[name], True) for name in names]
+    texts = sorted({t for k in known for t in k.texts})
+    known = [_reindexed(k, texts) for k in known]
+    labels = label_set(default_label_set(model["arch"]))
+    if source.lower() not in (n.lower() for n in labels.names) or target.lower() not in (n.lower() for n in labels.names):
+        labels = label_set(labels=[source, target])
+    live = request.app.state.model_service.cues(model_id, CuesRequest(tuple(known), source, target, labels, top=top))
+    from app.pages.cues import cues_result
+
+    return cues_result(session, request_urls(request), model_id=model_id, source=source, target=target, layers=names,
+                       labels=labels.id, live=live)
+
+
+def _reindexed(knowledge: Any, texts: list[str]) -> Any:
+    """The same layer with its coefficient columns over `texts` (every layer on one pool)."""
+    import numpy as np
+
+    from precompute.discovery import LayerKnowledge
+
+    if list(knowledge.texts) == texts:
+        return knowledge
+    column = {t: j for j, t in enumerate(texts)}
+    dense = np.zeros((len(knowledge.units), len(texts)), dtype=np.float32)
+    for j, t in enumerate(knowledge.texts):
+        dense[:, column[t]] = knowledge.coefficients[:, j]
+    return LayerKnowledge(knowledge.layer, knowledge.units, knowledge.directions, knowledge.mean_effects,
+                          knowledge.thresholds, tuple(texts), dense)

@@ -128,6 +128,11 @@ class ModelService:
         request's ablations (`request`: a precompute.discovery.DiscoverRequest)."""
         return self._wait(self.submit("discover", model_id, None, image, request=request))
 
+    def cues(self, model_id: str, request: Any) -> dict[str, Any]:
+        """Spurious cues for a class pair, verified on the world where it can be
+        (`request`: a precompute.discovery.CuesRequest)."""
+        return self._wait(self.submit("cues", model_id, None, request))
+
     def encode_text(self, model_id: str, text: str) -> Any:
         """The unit-length text embedding (numpy float32) of `text` in the joint space."""
         return self._wait(self.submit("text", model_id, None, text))
@@ -321,4 +326,10 @@ def _discover(loaded: Any, _layer: str | None, works: list[_Work]) -> list[Any]:
     return results
 
 
-_COMPUTE = {"probe": _probe, "text": _encode, "typographic": _typographic, "discover": _discover}
+def _cues(loaded: Any, _layer: str | None, works: list[_Work]) -> list[Any]:
+    from precompute.discovery import find_cues
+
+    return [find_cues(loaded, work.payload, cache=_TEXT_FEATURES) for work in works]
+
+
+_COMPUTE = {"probe": _probe, "text": _encode, "typographic": _typographic, "discover": _discover, "cues": _cues}

@@ -657,3 +657,40 @@ def cue_success(loaded: LoadedModel, images: Sequence, text: str, labels, target
     attacked = [render_attack(image, text).image for image in images]
     probs = classify(loaded, attacked, labels, cache=cache)
     return float((probs.argmax(dim=1) == target).float().mean()) if len(attacked) else 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class CuesRequest:
+    """What /cues asks: layers with decompositions over one pool, a class pair, how many words."""
+
+    knowledges: tuple[LayerKnowledge, ...]
+    source: str
+    target: str
+    labels: object  # a LabelSet naming both classes, for the verification
+    top: int = 10
+    neurons: int = CUE_NEURONS
+    verify: int = 24  # world pictures of the source class per cue (toy models and world shapes only)
+
+
+def find_cues(loaded: LoadedModel, request: CuesRequest, *, cache=None) -> dict:
+    """The cues for (source -> target) and, where the source is one of the world's shapes on a toy
+    model, how often each cue written on `verify` world pictures of it makes the model say target."""
+    from precompute.text_pools import encode_texts
+    from precompute.world import COLORS, SHAPES, object_image
+
+    texts = request.knowledges[0].texts
+    embeddings = encode_texts(loaded.model, loaded.tokenizer, list(texts), device=loaded.device)
+    source, target = class_embedding(loaded, request.source), class_embedding(loaded, request.target)
+    cues = spurious_cues(request.knowledges, source, target, embeddings, neurons=request.neurons, top=request.top,
+                         exclude=[request.target, request.source])
+    verified = None
+    names = [n.lower() for n in request.labels.names]
+    if hasattr(loaded.tokenizer, "vocabulary") and request.source.lower() in SHAPES and request.target.lower() in names:
+        colours = list(COLORS)
+        images = [object_image(request.source.lower(), colours[i % len(colours)], 1, np.random.default_rng([77, i])).image
+                  for i in range(request.verify)]
+        index = names.index(request.target.lower())
+        verified = {"pictures": len(images), "rates": [cue_success(loaded, images, cue.text, request.labels, index, cache=cache)
+                                                       for cue in cues]}
+    return {"cues": [{"text": c.text, "score": c.score, "similarity_to_target": c.similarity_to_target, "neurons": c.neurons}
+                     for c in cues], "verified": verified}

@@ -96,3 +96,36 @@ def discover_submit(
     payload = discover_form(session, request_urls(request), model_id=model, layer=result["layer"], dataset=dataset or None,
                             limits=live.upload_limits_info(request))
     return render(request, "discover.html", payload, request_urls(request).docs("discover"), session=session, result=result)
+
+
+# -- /cues ---------------------------------------------------------------------------------------
+@api_router.post("/cues", responses=_ERRORS, dependencies=[Depends(limit_live)],
+                 summary="Spurious cues for a class pair: words that could push pictures of one class toward another, "
+                         "verified on the synthetic world for toy models (live, rate limited)")
+def cues_api(request: Request, model: str = Form(..., max_length=128), source: str = Form("", max_length=64),
+             target: str = Form("", max_length=64), layers: str | None = Form(None, max_length=4000),
+             top: int = Form(10, ge=1, le=50), session: Session = Depends(get_session)):
+    return live_discovery.cues(request, session, model_id=model, source=source, target=target, layers=layers, top=top)
+
+
+@page_router.get("/cues", response_class=HTMLResponse)
+def cues_page(request: Request, model: str | None = Query(None, max_length=128),
+              session: Session = Depends(get_session)) -> HTMLResponse:
+    from app.pages.cues import cues_form
+
+    payload = cues_form(session, request_urls(request), model_id=model)
+    return render(request, "cues.html", payload, payload["api_url"], session=session, result=None)
+
+
+@page_router.post("/cues", response_class=HTMLResponse)
+def cues_submit(request: Request, model: str = Form(..., max_length=128), source: str = Form("", max_length=64),
+                target: str = Form("", max_length=64), layers: str | None = Form(None, max_length=4000),
+                top: int = Form(10, ge=1, le=50), session: Session = Depends(get_session)) -> HTMLResponse:
+    from app.pages.cues import cues_form
+
+    limit_live(request)
+    result = live_discovery.cues(request, session, model_id=model, source=source, target=target, layers=layers or None,
+                                 top=top)
+    payload = cues_form(session, request_urls(request), model_id=model)
+    payload.update(source=source, target=target)
+    return render(request, "cues.html", payload, request_urls(request).api.cues(model=model), session=session, result=result)

@@ -159,3 +159,17 @@ def test_a_vit_only_layer_set_on_a_resnet_is_refused() -> None:
     assert segmentation_layers("resnet", 0, ["layer4"], None) == ["layer4"]
     assert segmentation_layers("vit", 12, [f"transformer.resblocks.{i}.mlp" for i in range(6, 11)], None) == [
         "transformer.resblocks.8.mlp", "transformer.resblocks.9.mlp", "transformer.resblocks.10.mlp"]
+
+
+def test_cues_page_and_api_find_a_working_word(discover_web: TestClient) -> None:
+    r = discover_web.post("/api/v1/cues", data={"model": MODEL, "source": "cross", "target": "square", "top": "5"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["verified_on"] == 24 and len(body["cues"]) == 5
+    assert all(c["text"] not in ("square", "cross") and c["similarity_to_target"] <= 0.8 for c in body["cues"])
+    assert body["working"], body["cues"]  # some found word moves >= 30 % of the cross pictures to square
+    html = discover_web.post("/cues", data={"model": MODEL, "source": "cross", "target": "square", "top": "5"}).text
+    assert re.findall(r'<tr data-text="([^"]+)"', html) == [c["text"] for c in body["cues"]]
+    assert f'data-working="{",".join(body["working"])}"' in html
+    bad = discover_web.post("/api/v1/cues", data={"model": MODEL, "source": "", "target": "square"})
+    assert bad.status_code == 422 and bad.json()["reason"] == "empty-class-name"
