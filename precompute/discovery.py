@@ -255,14 +255,19 @@ def read(loaded: LoadedModel, pixels: torch.Tensor, *, map_layers: Sequence[str]
             def keep(_m, _i, output, spec=spec):
                 kept[spec.name] = _to_capture_layout(spec, output, batch_first)
             handles.append(visual.get_submodule(spec.module).register_forward_hook(keep))
+        # One forward pass serves everything: the lens's own pass (when effects are wanted) also
+        # fills the maps and, through a hook on the tower, the embedding.
+        handles.append(visual.register_forward_hook(lambda _m, _i, output: kept.__setitem__("__embedding__", output)))
+        effects = {}
         try:
-            embeddings = F.normalize(loaded.model.encode_image(pixels).float(), dim=-1)
+            if effect_layers:
+                effects = {name: value.values for name, value in layer_effects(loaded, pixels, list(effect_layers)).items()}
+            else:
+                visual(pixels)
         finally:
             for handle in handles:
                 handle.remove()
-        effects = {}
-        if effect_layers:
-            effects = {name: value.values for name, value in layer_effects(loaded, pixels, list(effect_layers)).items()}
+        embeddings = F.normalize(kept.pop("__embedding__").float(), dim=-1)
     maps = {}
     for spec in specs:
         value = spatial_maps(kept[spec.name], spec)
