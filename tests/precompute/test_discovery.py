@@ -172,3 +172,16 @@ def test_maximal_text_for_a_word_direction_climbs_and_names_the_word(toy_vit, wo
         again = F.normalize(toy_vit.model.encode_text(toy_vit.tokenizer([result.text])).float(), dim=-1)[0] @ direction
     assert float(again) == pytest.approx(result.score, abs=1e-4)
     assert elapsed < 30
+
+
+def test_world_object_pictures_expose_their_object_mask():
+    from precompute.world import COLORS, object_image, word_image
+
+    sample = object_image("square", "red", 1, np.random.default_rng([9, 9]))
+    assert sample.mask.dtype == bool and sample.mask.shape == (64, 64)
+    assert 0.03 < sample.mask.mean() < 0.6
+    pixels = np.asarray(sample.image, dtype=np.float32)
+    inside = pixels[sample.mask].mean(0)
+    # the object is drawn in its colour (with a little jitter) where the mask is
+    assert np.abs(inside - np.asarray(COLORS["red"], np.float32)).max() < 25
+    assert word_image("red", np.random.default_rng([9, 9])).mask is None
