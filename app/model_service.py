@@ -124,6 +124,16 @@ class ModelService:
         return self._wait(self.submit("typographic", model_id, layer, item, labels=labels, top_k=min(max(top_k, 1), 20),
                                       top_units=min(max(top_units, 1), MAX_SILENCE_UNITS)))
 
+    def discover(self, model_id: str, image: Any, request: Any) -> dict[str, Any]:
+        """Concepts, segmentation and zero-shot prediction of a PIL picture, before and after the
+        request's ablations (`request`: a precompute.discovery.DiscoverRequest)."""
+        return self._wait(self.submit("discover", model_id, None, image, request=request))
+
+    def cues(self, model_id: str, request: Any) -> dict[str, Any]:
+        """Spurious cues for a class pair, verified on the world where it can be
+        (`request`: a precompute.discovery.CuesRequest)."""
+        return self._wait(self.submit("cues", model_id, None, request))
+
     def encode_text(self, model_id: str, text: str) -> Any:
         """The unit-length text embedding (numpy float32) of `text` in the joint space."""
         return self._wait(self.submit("text", model_id, None, text))
@@ -307,4 +317,20 @@ class _LazyTextFeatures:
 
 
 _TEXT_FEATURES = _LazyTextFeatures()
-_COMPUTE = {"probe": _probe, "text": _encode, "typographic": _typographic}
+def _discover(loaded: Any, _layer: str | None, works: list[_Work]) -> list[Any]:
+    from precompute.discovery import analyse
+
+    results = analyse(loaded, [work.payload for work in works], [work.options["request"] for work in works],
+                      cache=_TEXT_FEATURES)
+    for result in results:
+        result["input_png"] = _model_input_png(result.pop("pixels"), loaded.preprocess_cfg)
+    return results
+
+
+def _cues(loaded: Any, _layer: str | None, works: list[_Work]) -> list[Any]:
+    from precompute.discovery import find_cues
+
+    return [find_cues(loaded, work.payload, cache=_TEXT_FEATURES) for work in works]
+
+
+_COMPUTE = {"probe": _probe, "text": _encode, "typographic": _typographic, "discover": _discover, "cues": _cues}

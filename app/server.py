@@ -23,6 +23,7 @@ from app.paths import static_dir
 from app.ratelimit import RateLimiter
 from app.rendering import app_version, templates
 from app.routes import api, pages, system
+from app.routes import discover as discover_routes
 from app.settings import Settings, get_settings
 from app.uploads import BodySizeLimit
 from app.urls import API_DOCS_ASSETS, API_PREFIX, Urls, request_urls
@@ -35,7 +36,8 @@ from store.session import make_engine, make_sessionmaker
 SMALL_BODY = 64 * 1024
 # Multipart framing around an upload's bytes (boundaries, part headers, the other fields).
 MULTIPART_SLACK = 64 * 1024
-UPLOAD_PATHS = ("/probe", f"{API_PREFIX}/probe", "/probe/typographic", f"{API_PREFIX}/probe/typographic")
+UPLOAD_PATHS = ("/probe", f"{API_PREFIX}/probe", "/probe/typographic", f"{API_PREFIX}/probe/typographic", "/discover",
+                f"{API_PREFIX}/discover")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -87,7 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _api_docs(app)
     app.include_router(system.router)
     app.include_router(api.router)
+    app.include_router(discover_routes.api_router)
     app.include_router(pages.router)
+    app.include_router(discover_routes.page_router)
 
     upload_limit = settings.max_upload_bytes + MULTIPART_SLACK
     app.add_middleware(BodySizeLimit, limit_for=lambda path: upload_limit if path in UPLOAD_PATHS else SMALL_BODY)

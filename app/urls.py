@@ -109,6 +109,12 @@ class Urls:
     def probe_typographic(self, **params: Any) -> str:
         return self.path("/probe/typographic", **params)
 
+    def discover(self, **params: Any) -> str:
+        return self.path("/discover", **params)
+
+    def cues(self, **params: Any) -> str:
+        return self.path("/cues", **params)
+
     def typographic_evals(self, **params: Any) -> str:
         return self.path("/typographic", **params)
 

@@ -224,6 +224,15 @@ def unit_ids_by_index(session: Session, layer_id: int, indices: Iterable[int]) -
     return {row["index"]: row for row in _rows(session, stmt)}
 
 
+def unit_means(session: Session, layer_id: int, indices: Iterable[int]) -> dict[int, float | None]:
+    """Each listed unit's stored mean activation (None where statistics were not computed)."""
+    idx = list(indices)
+    if not idx:
+        return {}
+    stmt = select(Unit.index, Unit.mean).where(Unit.layer_id == layer_id, Unit.index.in_(idx))
+    return {int(row["index"]): row["mean"] for row in _rows(session, stmt)}
+
+
 def main_featureviz(session: Session, unit_ids: Sequence[int]) -> dict[int, str]:
     """Each unit's main feature visualization blob (channel preferred over neuron)."""
     if not unit_ids:

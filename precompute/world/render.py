@@ -94,6 +94,9 @@ class Sample:
     image: Image.Image
     caption: str
     meta: dict = field(default_factory=dict)
+    # Object pictures: where the object(s) are, a bool [H, W] array (coverage >= 0.5), for
+    # evaluating segmentation; None for other kinds. Not part of the picture's randomness.
+    mask: np.ndarray | None = None
 
 
 # -- helpers -----------------------------------------------------------------
@@ -298,7 +301,7 @@ def _render_object(
         kind="object", shape=shape, color=color, count=count, word=None, word_color=None,
         background=bg_name, font="",
     )
-    return Sample(_to_image(img), caption, meta)
+    return Sample(_to_image(img), caption, meta, mask=alpha >= 0.5)
 
 
 def _render_word(

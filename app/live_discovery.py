@@ -1,0 +1,286 @@
+"""/discover's request handling, shared by its page and its API: read the picture (upload, dataset
+image, or an upload kept from a moment ago), check the concept layer, the class name, the
+segmentation layers and the ablation, load the layers' directions and decompositions from the
+store (once per direction set), and run the picture through the model service."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request, UploadFile
+from sqlalchemy.orm import Session
+
+from app.live import read_upload, upload_limits
+from app.live_typographic import KeptUploads
+from app.pages.common import require_layer, require_model
+from app.pages.discover import discover_result
+from app.pages.typographic import default_label_set
+from app.uploads import decode_image
+from app.urls import request_urls
+from precompute.errors import Problem
+from store import queries
+from store.blobs import BlobStore
+from store.directions import direction_set_row, load_layer_directions
+
+MAX_ABLATED = 512
+MAX_CLASS_CHARS = 64
+
+
+@dataclass(frozen=True)
+class DiscoverForm:
+    layer: str | None = None  # the concept layer; default: the last layer with directions and decompositions
+    class_name: str | None = None  # None: no segmentation; "" or blanks: refused
+    seg_layers: str | None = None  # "" (default), "vit-late", "stored" or a comma list of layers
+    ablate: str = ""  # unit indices, "1,2,3"
+    ablate_layer: str | None = None  # default: the concept layer
+    ablate_mode: str = "zero"  # "zero" | "mean"
+    labels: str | None = None  # a built-in label set for the zero-shot prediction
+    top: int = 10
+
+
+class _Knowledge:
+    """LayerKnowledge per (layer, direction blob), built once: directions, means, thresholds and
+    the layer's decompositions as a dense matrix."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, blobs: BlobStore, layer: dict[str, Any], with_terms: bool) -> Any:
+        from precompute.discovery import LayerKnowledge, dense_coefficients
+
+        row = direction_set_row(session, layer["id"])
+        if row is None:
+            raise Problem(422, "no-directions", f"{layer['name']} has no stored directions; run `microscope precompute "
+                          "directions` for it first")
+        key = (layer["id"], row.blob_uri, with_terms)
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+        value = load_layer_directions(session, blobs, layer["id"], row.dataset_id)
+        texts: tuple[str, ...] = ()
+        coefficients = None
+        if with_terms:
+            terms: dict[int, list[tuple[str, float]]] = {}
+            for unit, text, coefficient in queries.layer_decompositions(session, layer["id"]):
+                terms.setdefault(int(unit), []).append((text, float(coefficient)))
+            if not terms:
+                raise Problem(422, "no-decompositions", f"{layer['name']} has no decompositions; run `microscope precompute "
+                              "decompose` for it first")
+            texts = tuple(sorted({text for pairs in terms.values() for text, _ in pairs}))
+            coefficients = dense_coefficients(value.units, texts, terms)
+        knowledge = LayerKnowledge(layer["name"], value.units, value.directions, value.mean_effects, value.thresholds,
+                                   texts, coefficients)
+        with self._lock:
+            self._items[key] = knowledge
+        return knowledge
+
+
+def _state(request: Request, name: str, factory):
+    state = request.app.state
+    if not hasattr(state, name):
+        setattr(state, name, factory())
+    return getattr(state, name)
+
+
+def read_picture(request: Request, session: Session, *, upload: UploadFile | None, dataset: str | None,
+                 position: int | None, upload_ref: str | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(RGB PIL image, source description, how to name it again) from one of the three sources."""
+    limits = upload_limits(request)
+    kept: KeptUploads = _state(request, "discover_uploads", KeptUploads)
+    if upload is not None and (upload.filename or upload.size):
+        data = read_upload(upload, limits)
+        decoded = decode_image(data, limits)
+        kept.put(decoded.sha256, data)
+        source = {"source": "upload", "filename": (upload.filename or "")[:200] or None, **decoded.summary()}
+        again: dict[str, Any] = {"upload_ref": decoded.sha256}
+    elif upload_ref:
+        data = kept.get(upload_ref)
+        if data is None:
+            raise Problem(410, "upload-expired", "the uploaded picture is no longer kept here; upload it again")
+        decoded = decode_image(data, limits)
+        source = {"source": "upload", "filename": None, **decoded.summary()}
+        again = {"upload_ref": upload_ref}
+    elif dataset and position is not None:
+        row = queries.dataset_image(session, dataset, position)
+        if row is None:
+            raise Problem(404, "unknown-image", f"Dataset {dataset!r} has no image at position {position}.")
+        try:
+            stored = request.app.state.blobs.get(row["blob_uri"])
+        except FileNotFoundError:
+            raise Problem(404, "missing-blob", f"The image file of {dataset}/{position} is missing from the blob store.") from None
+        decoded = decode_image(stored, limits)
+        source = {"source": "dataset", "dataset": dataset, "position": position, **decoded.summary()}
+        again = {"dataset": dataset, "position": position}
+    else:
+        raise Problem(400, "no-image", "upload an image file, or pick a dataset image (dataset and position)")
+    return decoded.image.convert("RGB"), source, again
+
+
+def _units(value: str) -> tuple[int, ...]:
+    value = (value or "").strip()
+    if not value:
+        return ()
+    try:
+        units = tuple(sorted({int(part) for part in value.replace(" ", ",").split(",") if part.strip()}))
+    except ValueError:
+        raise Problem(422, "bad-ablation", "ablate lists unit indices separated by commas, e.g. 3,17,40") from None
+    if len(units) > MAX_ABLATED:
+        raise Problem(422, "bad-ablation", f"ablate at most {MAX_ABLATED} units at once")
+    return units
+
+
+def _family(arch: str, layers: list[dict[str, Any]]) -> tuple[str, int]:
+    blocks = {int(l["name"].split(".")[2]) for l in layers if l["name"].startswith("transformer.resblocks.")}
+    return ("vit", max(blocks) + 1) if blocks else ("resnet", 0)
+
+
+def stored_direction_layers(session: Session, layers: list[dict[str, Any]]) -> list[str]:
+    return [l["name"] for l in layers if direction_set_row(session, l["id"]) is not None]
+
+
+def prepare(request: Request, session: Session, model_id: str, form: DiscoverForm) -> tuple[Any, dict[str, Any]]:
+    """Every check that needs no picture, then the model service's request and a summary of it."""
+    from precompute.discovery import ABLATION_MODES, Ablation, DiscoverRequest, segmentation_layers
+    from precompute.zeroshot import label_set
+
+    model = require_model(session, model_id)
+    layers = queries.layers_of(session, [model_id]).get(model_id, [])
+    by_name = {l["name"]: l for l in layers}
+    family, depth = _family(model["arch"], layers)
+    stored = stored_direction_layers(session, layers)
+    blobs: BlobStore = request.app.state.blobs
+    knowledge: _Knowledge = _state(request, "discover_knowledge", _Knowledge)
+
+    if not 1 <= form.top <= 50:
+        raise Problem(422, "bad-top", "top is between 1 and 50 texts")
+    concept_layer = form.layer or (stored[-1] if stored else None)
+    if concept_layer is None:
+        raise Problem(422, "no-directions", f"no layer of {model_id} has stored directions; run `microscope precompute "
+                      "directions` and `microscope precompute decompose` first")
+    require_layer(session, model_id, concept_layer)
+    concepts = knowledge.get(session, blobs, by_name[concept_layer], True)
+
+    class_name = None
+    seg = ()
+    if form.class_name is not None:
+        class_name = form.class_name.strip()
+        if not class_name:
+            raise Problem(422, "empty-class-name", "the class name to segment is empty; give a class name, or leave the "
+                          "field out to skip segmentation")
+        if len(class_name) > MAX_CLASS_CHARS:
+            raise Problem(422, "class-name-too-long", f"class names are at most {MAX_CLASS_CHARS} characters")
+        names = segmentation_layers(family, depth, stored, form.seg_layers)
+        for name in names:
+            layer = by_name.get(name)
+            if layer is None:
+                raise Problem(404, "unknown-layer", f"Model {model_id!r} has no layer {name!r}.")
+            if not (layer.get("spatial_h") or layer.get("spatial")):
+                raise Problem(422, "layer-not-spatial", f"{name} has no spatial map to segment with")
+        seg = tuple(knowledge.get(session, blobs, by_name[name], False) for name in names)
+        if family == "vit":
+            # a ViT's segmentation layers must be MLP layers of this tower
+            bad = [name for name in names if not name.endswith(".mlp")]
+            if bad:
+                raise Problem(422, "layer-set-needs-mlp", f"segmentation on a ViT reads MLP neurons; {bad[0]} is not one")
+    elif form.seg_layers:
+        raise Problem(422, "no-class-name", "segmentation layers were given without a class name to segment")
+
+    ablations = ()
+    units = _units(form.ablate)
+    ablate_layer = form.ablate_layer or concept_layer
+    if form.ablate_mode not in ABLATION_MODES:
+        raise Problem(422, "bad-ablation-mode", f"ablation mode is one of {', '.join(ABLATION_MODES)}")
+    if units:
+        layer = require_layer(session, model_id, ablate_layer)
+        if units[-1] >= int(layer["units"]):
+            raise Problem(422, "unknown-unit", f"{ablate_layer} has units 0 to {int(layer['units']) - 1}; there is no "
+                          f"unit {units[-1]}")
+        values = None
+        if form.ablate_mode == "mean":
+            means = queries.unit_means(session, layer["id"], units)
+            missing = [u for u in units if means.get(u) is None]
+            if missing:
+                raise Problem(422, "no-unit-means", f"unit {missing[0]} of {ablate_layer} has no stored dataset mean; "
+                              "run `microscope precompute examples` for the layer, or ablate to zero")
+            values = tuple(float(means[u]) for u in units)
+        ablations = (Ablation(ablate_layer, units, form.ablate_mode, values),)
+    labels = label_set(form.labels or default_label_set(model["arch"]))
+    live_request = DiscoverRequest(concepts, seg, class_name, labels, ablations, top_texts=form.top)
+    summary = {
+        "concept_layer": concept_layer,
+        "class_name": class_name,
+        "segmentation_layers": [k.layer for k in seg],
+        "labels": labels.id,
+        "ablation": {"layer": ablate_layer, "units": list(units), "mode": form.ablate_mode} if units else None,
+        "family": family,
+        "stored_layers": stored,
+    }
+    return live_request, summary
+
+
+def discover(request: Request, session: Session, *, model_id: str, form: DiscoverForm, upload: UploadFile | None,
+             dataset: str | None, position: int | None, upload_ref: str | None) -> dict[str, Any]:
+    live_request, summary = prepare(request, session, model_id, form)
+    image, source, again = read_picture(request, session, upload=upload, dataset=dataset, position=position,
+                                        upload_ref=upload_ref)
+    live = request.app.state.model_service.discover(model_id, image, live_request)
+    rerun = {"model": model_id, "layer": summary["concept_layer"], "class_name": summary["class_name"],
+             "seg_layers": form.seg_layers or None, "labels": summary["labels"], "top": form.top, **again}
+    return discover_result(session, request_urls(request), model_id=model_id, live=live, source=source, summary=summary,
+                           rerun=rerun)
+
+
+
+def cues(request: Request, session: Session, *, model_id: str, source: str, target: str, layers: str | None,
+         top: int = 10) -> dict[str, Any]:
+    """Spurious cues for (source -> target) from the decompositions of the model's layers."""
+    from precompute.discovery import CuesRequest
+    from precompute.zeroshot import label_set
+
+    model = require_model(session, model_id)
+    source, target = (source or "").strip(), (target or "").strip()
+    if not source or not target:
+        raise Problem(422, "empty-class-name", "name both classes: the pictures' class and the class to push them toward")
+    if source.lower() == target.lower():
+        raise Problem(422, "same-classes", "the two classes must differ")
+    if not 1 <= top <= 50:
+        raise Problem(422, "bad-top", "top is between 1 and 50 words")
+    all_layers = queries.layers_of(session, [model_id]).get(model_id, [])
+    by_name = {l["name"]: l for l in all_layers}
+    stored = stored_direction_layers(session, all_layers)
+    names = [part.strip() for part in (layers or "").split(",") if part.strip()] or stored
+    for name in names:
+        if name not in by_name:
+            raise Problem(404, "unknown-layer", f"Model {model_id!r} has no layer {name!r}.")
+    knowledge: _Knowledge = _state(request, "discover_knowledge", _Knowledge)
+    blobs: BlobStore = request.app.state.blobs
+    known = [knowledge.get(session, blobs, by_name[name], True) for name in names]
+    texts = sorted({t for k in known for t in k.texts})
+    known = [_reindexed(k, texts) for k in known]
+    labels = label_set(default_label_set(model["arch"]))
+    if source.lower() not in (n.lower() for n in labels.names) or target.lower() not in (n.lower() for n in labels.names):
+        labels = label_set(labels=[source, target])
+    live = request.app.state.model_service.cues(model_id, CuesRequest(tuple(known), source, target, labels, top=top))
+    from app.pages.cues import cues_result
+
+    return cues_result(session, request_urls(request), model_id=model_id, source=source, target=target, layers=names,
+                       labels=labels.id, live=live)
+
+
+def _reindexed(knowledge: Any, texts: list[str]) -> Any:
+    """The same layer with its coefficient columns over `texts` (every layer on one pool)."""
+    import numpy as np
+
+    from precompute.discovery import LayerKnowledge
+
+    if list(knowledge.texts) == texts:
+        return knowledge
+    column = {t: j for j, t in enumerate(texts)}
+    dense = np.zeros((len(knowledge.units), len(texts)), dtype=np.float32)
+    for j, t in enumerate(knowledge.texts):
+        dense[:, column[t]] = knowledge.coefficients[:, j]
+    return LayerKnowledge(knowledge.layer, knowledge.units, knowledge.directions, knowledge.mean_effects,
+                          knowledge.thresholds, tuple(texts), dense)

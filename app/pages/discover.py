@@ -1,0 +1,148 @@
+"""/discover: which concepts the model sees in a picture (the texts its standing-out neurons add up
+to), where it sees a class (zero-shot segmentation from the neurons aligned with the class's
+text), and what changes when chosen neurons are silenced. One dict per page, HTML or JSON."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.pages.common import NO_THUMBNAIL, pagination, unit_thumbnails
+from app.pages.probe import probe_form
+from app.pages.typographic import default_label_set
+from app.urls import Urls
+from precompute.zeroshot import BUILTIN_SETS
+from store import queries
+
+SHOWN_NEURONS = 24  # of the segmentation's neurons, the page lists the most aligned
+
+
+def default_class_name(arch: str | None) -> str:
+    return "circle" if (arch or "").startswith("toy") else "dog"
+
+
+def discover_form(
+    session: Session, urls: Urls, *, model_id: str | None = None, layer: str | None = None, dataset: str | None = None,
+    page: int = 1, per_page: int = 24, limits: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What /discover offers: models, their layers with directions, dataset images, label sets."""
+    from store.directions import direction_set_row
+
+    form = probe_form(session, urls, model_id=model_id, layer=layer, dataset=dataset, page=page, per_page=per_page,
+                      limits=limits)
+    arch = next((m["arch"] for m in form["models"] if m["id"] == form["model"]), None)
+    layers = queries.layers_of(session, [form["model"]]).get(form["model"], []) if form["model"] else []
+    stored = [l["name"] for l in layers if direction_set_row(session, l["id"]) is not None]
+    total = next((d["image_count"] for d in form["datasets"] if d["id"] == form["dataset"]), 0)
+    form.update(
+        layer=layer if layer else (stored[-1] if stored else form["layer"]),
+        direction_layers=stored,
+        label_sets=list(BUILTIN_SETS),
+        label_set=default_label_set(arch),
+        class_name=default_class_name(arch),
+        pagination=pagination(urls, Urls.discover, total=total, page=page, per_page=per_page, model=form["model"],
+                              layer=layer, dataset=form["dataset"]),
+        api_url=urls.api.discover(model=model_id, layer=layer, dataset=dataset, page=page if page != 1 else None),
+    )
+    return form
+
+
+def _png(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+class _Units:
+    """Thumbnails, labels and links of the units a result names, looked up once per layer."""
+
+    def __init__(self, session: Session, urls: Urls, model_id: str) -> None:
+        self.session, self.urls, self.model_id = session, urls, model_id
+        self._layers: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def want(self, layer: str, indices) -> None:
+        row = queries.layer_row(self.session, self.model_id, layer)
+        if row is None:
+            self._layers[layer] = {}
+            return
+        ids = queries.unit_ids_by_index(self.session, row["id"], sorted(set(indices)))
+        thumbs = unit_thumbnails(self.session, self.urls, [r["id"] for r in ids.values()])
+        known = self._layers.setdefault(layer, {})
+        for index, r in ids.items():
+            known[index] = {"label": r["label"], **thumbs.get(r["id"], NO_THUMBNAIL)}
+
+    def entry(self, layer: str, index: int) -> dict[str, Any]:
+        info = self._layers.get(layer, {}).get(index, {"label": None, **NO_THUMBNAIL})
+        return {"layer": layer, "unit": index, "index": index, **info, **self.urls.unit_links(self.model_id, layer, index)}
+
+
+def _state(part: dict[str, Any] | None, units: _Units, concept_layer: str) -> dict[str, Any] | None:
+    if part is None:
+        return None
+    out: dict[str, Any] = {"prediction": part["prediction"]}
+    concepts = part.get("concepts")
+    if concepts is not None:
+        out["concepts"] = {
+            "layer": concepts["layer"],
+            "active_count": len(concepts["active"]),
+            "active": [{**units.entry(concept_layer, a["unit"]), "norm": round(a["norm"], 5), "threshold": round(a["threshold"], 5)}
+                       for a in concepts["active"]],
+            "texts": [{"text": t["text"], "score": round(t["score"], 5),
+                       "neurons": [{**units.entry(concept_layer, n["unit"]), "coefficient": round(n["coefficient"], 5),
+                                    "norm": round(n["norm"], 5), "contribution": round(n["contribution"], 5)}
+                                   for n in t["neurons"]]} for t in concepts["texts"]],
+        }
+    seg = part.get("segmentation")
+    if seg is not None:
+        out["segmentation"] = {"heat_map": _png(seg["heat_png"]), "mask": _png(seg["mask_png"]), "grid": seg["grid"],
+                               "size": seg["size"], "mask_fraction": round(seg["mask_fraction"], 5)}
+    return out
+
+
+def discover_result(session: Session, urls: Urls, *, model_id: str, live: dict[str, Any], source: dict[str, Any],
+                    summary: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
+    """The model service's answer with the store's knowledge of every unit it names."""
+    concept_layer = summary["concept_layer"]
+    units = _Units(session, urls, model_id)
+    concept_units = set()
+    for state in ("before", "after"):
+        part = live.get(state) or {}
+        concepts = part.get("concepts") or {}
+        concept_units |= {a["unit"] for a in concepts.get("active", [])}
+        concept_units |= {n["unit"] for t in concepts.get("texts", []) for n in t["neurons"]}
+    ablation = summary["ablation"]
+    if ablation and ablation["layer"] == concept_layer:
+        concept_units |= set(ablation["units"])
+    units.want(concept_layer, concept_units)
+    shown = live["neurons"][:SHOWN_NEURONS]
+    for layer in dict.fromkeys(n["layer"] for n in shown):
+        if layer != concept_layer:
+            units.want(layer, [n["unit"] for n in shown if n["layer"] == layer])
+        else:
+            units.want(layer, concept_units | {n["unit"] for n in shown if n["layer"] == layer})
+    if ablation and ablation["layer"] != concept_layer:
+        units.want(ablation["layer"], ablation["units"])
+    before, after = _state(live.get("before"), units, concept_layer), _state(live.get("after"), units, concept_layer)
+    result = {
+        "model": model_id,
+        "layer": concept_layer,
+        "labels": summary["labels"],
+        "input": {**source, "model_view": _png(live["input_png"])},
+        "class_name": summary["class_name"],
+        "segmentation_layers": summary["segmentation_layers"],
+        "segmentation_neurons": [{**units.entry(n["layer"], n["unit"]), "alignment": round(n["alignment"], 5)} for n in shown],
+        "segmentation_neuron_count": len(live["neurons"]),
+        "before": before,
+        "after": after,
+        "ablation": None,
+        "rerun": rerun,
+        "model_url": urls.html.model(model_id),
+        "layer_url": urls.html.layer(model_id, concept_layer),
+    }
+    if ablation:
+        result["ablation"] = {
+            **ablation,
+            "units_info": [units.entry(ablation["layer"], u) for u in ablation["units"][:64]],
+            "prediction_changed": before["prediction"][0]["label"] != after["prediction"][0]["label"],
+        }
+    return result
