@@ -377,7 +377,7 @@ def _render_batch(loaded: LoadedModel, layer: str, items: list[RenderItem], sett
                 mean = positions_of(captured[probe.layer][b : b + 1].float(), spec.layer(probe.layer)).mean(dim=2)
                 scores[b] = float(probe.score(mean)[0])
     pixels = to_uint8(final)
-    base = {"param": param.describe(), "transforms": transform_settings.describe(), **settings.describe(),
+    base = {**settings.describe(), "param": param.describe(), "transforms": transform_settings.describe(),
             "image_size": size}
     if has_div:
         base["diversity_layer"] = settings.diversity_layer or lower_layer(spec, layer)
@@ -415,6 +415,6 @@ def unit_values(loaded: LoadedModel, layer: str, images: torch.Tensor, units: Se
 
 def rgb_batch_to_model(loaded: LoadedModel, pixels: np.ndarray) -> torch.Tensor:
     """(n, h, w, 3) uint8 visualizations -> normalised model input."""
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+    images = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float() / 255.0
     images = resize(images, loaded.spec.image_size)
     return Normalise.of(loaded.preprocess_cfg)(images)
