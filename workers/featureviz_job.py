@@ -433,3 +433,59 @@ def train_facet(store: StoreConfig, request: FacetRequest, *, loaded=None) -> di
         return {"model": request.model_id, "layer": layer, "facet": request.facet, **parameters}
     finally:
         engine.dispose()
+
+
+# -- the demo -------------------------------------------------------------------------------
+
+DEMO_STEPS = 96  # fits the demo's budget (about 2 minutes for both toy models on 2 cores)
+DEMO_FIRST_PAGE = 48  # units on the layer grid's first page
+DEMO_FACETS = ("text", "object")
+DEMO_DIVERSITY = 4
+
+
+def demo_units(model_id: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(units whose channel visualization the demo renders: the first grid page and the
+    figures' units; the figures' units, which also get diversity and facets)."""
+    import json
+
+    from precompute.toy import embedded_checkpoint
+
+    figures_file = embedded_checkpoint(model_id).parent / "figures.json"
+    figures = json.loads(figures_file.read_text()).get(model_id, {}).get("multimodal_units", {})
+    named = tuple(dict.fromkeys(int(entry["unit"]) for entry in figures.values()))
+    return tuple(dict.fromkeys([*range(DEMO_FIRST_PAGE), *named])), named
+
+
+def render_demo(store: StoreConfig, loaded, *, steps: int = DEMO_STEPS, device: str = "cpu",
+                show_progress: bool = True) -> list[str]:
+    """The demo's visualizations of one toy model's final layer: train the world facets
+    (`text`, `object`) on the layer below, render the channel visualizations of the first
+    grid page and of the figures' units, then the figures' units' diversity sets and facets.
+    Idempotent: a re-run finds everything stored and renders nothing. Returns report lines."""
+    from precompute.featureviz.render import lower_layer
+    from store.featureviz import facet_probes
+
+    model_id = loaded.model_id
+    layer = loaded.spec.final_layer.name
+    lower = lower_layer(loaded.spec, layer)
+    lines = []
+    engine, sessions = sessions_for(store)
+    try:
+        with sessions() as session:
+            have = {(row["facet"], row["layer"]) for row in facet_probes(session, model_id)}
+    finally:
+        engine.dispose()
+    for facet in DEMO_FACETS:
+        if (facet, lower) not in have:
+            summary = train_facet(store, FacetRequest(model_id, lower, facet, world=True, count=100, device=device), loaded=loaded)
+            lines.append(f"{model_id} {lower}: facet probe '{facet}' (held-out accuracy {summary['held_out_accuracy']})")
+    channel_units, named = demo_units(model_id)
+    runs = [FeatureVizRequest(model_id, layer, units=channel_units, kinds=("channel",), steps=steps, device=device)]
+    if named:
+        runs.append(FeatureVizRequest(model_id, layer, units=named, kinds=("diversity", "facet"), steps=steps,
+                                      diversity=DEMO_DIVERSITY, facets=DEMO_FACETS, device=device))
+    for request in runs:
+        summary = run_featureviz(store, request, show_progress=show_progress, loaded=loaded)
+        lines.append(f"{model_id} {layer}: feature visualizations ({', '.join(request.kinds)}) of {len(request.units)} units "
+                     f"at {steps} steps ({summary['status']}, {summary['seconds']} s)")
+    return lines
