@@ -394,17 +394,18 @@ def _folder_images(folder: str) -> list[Image.Image]:
 
 def train_facet(store: StoreConfig, request: FacetRequest, *, loaded=None) -> dict:
     """Train and store a facet probe on a layer of a registered model."""
-    from precompute.featureviz.facets import WORLD_FACETS, train_probe, world_facet_images
-    from precompute.featureviz.render import lower_layer
-    from store.featureviz import save_facet_probe
-    from store.loading import load_registered, require_layers, require_model
-
+    WORLD_FACETS = ("text", "object")  # precompute.featureviz.facets.WORLD_FACETS, checked before importing torch
     if not request.world and not (request.images and request.generic):
         raise MicroscopeError("give --images and --generic folders, or --world for a built-in facet")
     if request.world and request.facet not in WORLD_FACETS:
         raise MicroscopeError(f"no built-in facet '{request.facet}'; built-in facets: {', '.join(WORLD_FACETS)}")
     if not request.facet or len(request.facet) > 64 or not request.facet.replace("-", "").replace("_", "").isalnum():
         raise MicroscopeError("a facet name is 1-64 letters, digits, '-' or '_'")
+    from precompute.featureviz.facets import train_probe, world_facet_images
+    from precompute.featureviz.render import lower_layer
+    from store.featureviz import save_facet_probe
+    from store.loading import load_registered, require_layers, require_model
+
     engine, sessions = sessions_for(store)
     blobs = BlobStore(store.blob_url)
     try:

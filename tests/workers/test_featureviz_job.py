@@ -140,3 +140,26 @@ def test_a_probe_of_another_model_is_refused(toy_rn):
     probe = Probe("toy-other", "layer3", "text", tuple([0.0] * 384), 0.0)
     with pytest.raises(MicroscopeError, match="trained on model 'toy-other'"):
         render(toy_rn, RN_LAYER, [RenderItem(0, "facet", "text")], RenderSettings(steps=1), probes={"text": probe})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,layer,size", [("RN50x4", "layer4", 288), ("ViT-B-32", "transformer.resblocks.11.mlp", 224)])
+def test_real_architectures_render_end_to_end(tmp_path, arch, layer, size):
+    from precompute.registry import load_model
+    from tests.workers.precompute_helpers import register_random
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    migrations.upgrade(url)
+    loaded = register_random(url, arch.lower(), arch, load_model(arch.lower(), arch))
+    store = StoreConfig(url, str(tmp_path / "blobs"))
+    request = FeatureVizRequest(arch.lower(), layer, units=(0, 5), kinds=("channel", "neuron"), steps=2, batch_size=4)
+    assert run_featureviz(store, request, show_progress=False, loaded=loaded)["status"] == "done"
+    got = rows(store)
+    assert [(r[1], r[2]) for r in got] == [(0, "channel"), (0, "neuron"), (5, "channel"), (5, "neuron")]
+    blobs = BlobStore(store.blob_url)
+    for *_, uri, thumb, final, parameters in got:
+        assert Image.open(io.BytesIO(blobs.get(uri))).size == (size, size)
+        assert Image.open(io.BytesIO(blobs.get(thumb))).size == (96, 96)
+        assert np.isfinite(final) and parameters["image_size"] == size
+    spec = loaded.spec.layer(layer)
+    assert got[1][7]["position"] == (spec.spatial[0] // 2) * spec.spatial[1] + spec.spatial[1] // 2

@@ -104,3 +104,9 @@ def test_bad_items_are_refused_before_any_work(toy_rn):
 def test_automatic_batch_size_fits_memory(toy_rn):
     size = auto_batch_size(toy_rn, ["layer4"], 64)
     assert 1 <= size <= 256
+
+
+def test_the_job_knows_the_built_in_facets():
+    from precompute.featureviz.facets import WORLD_FACETS
+
+    assert WORLD_FACETS == ("text", "object")
