@@ -97,11 +97,13 @@ def main() -> None:
     parser.add_argument("--project", action="store_true", help="also project RN50x4 layer4 at 512 steps (a GPU job)")
     args = parser.parse_args()
     rows = [measure("toy-rn", "layer4", 64, args.steps, args.repeats, args.device)]
+    print(json.dumps({"row": rows[-1]}), file=sys.stderr, flush=True)  # each row as soon as it is measured
     if not args.quick:
         big = 64 if args.device == "cuda" else 8
         big_steps = args.steps if args.device == "cuda" else 2
-        rows.append(measure("RN50x4", "layer4", big, big_steps, 1, args.device))
-        rows.append(measure("ViT-B-32", "transformer.resblocks.11.mlp", big, big_steps, 1, args.device))
+        for arch, layer in (("RN50x4", "layer4"), ("ViT-B-32", "transformer.resblocks.11.mlp")):
+            rows.append(measure(arch, layer, big, big_steps, 1, args.device))
+            print(json.dumps({"row": rows[-1]}), file=sys.stderr, flush=True)
     out = {"benchmark": "featureviz_throughput", "machine": machine(), "rows": rows,
            "target": "toy-rn batch of 64 >= 5x the per-unit loop on CPU",
            "meets_target": rows[0]["ratio"] >= 5.0}

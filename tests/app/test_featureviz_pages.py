@@ -16,7 +16,7 @@ from tests.workers.precompute_helpers import single_thread
 from workers.engines import StoreConfig
 from workers.featureviz_job import FacetRequest, FeatureVizRequest, run_featureviz, train_facet
 
-UNITS = (254, 365)
+UNITS = (254, 260)  # both on the grid's sixth page (48 per page)
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,7 @@ def test_unit_page_shows_every_visualization_with_its_activation(web: TestClient
 
 
 def test_layer_grid_shows_the_channel_thumbnails(web: TestClient, tmp_path) -> None:
-    doc, twin = page_and_twin(web, "/models/toy-rn/layer4?sort=index&per_page=500")
+    doc, twin = page_and_twin(web, "/models/toy-rn/layer4?page=6")
     by_index = {u["index"]: u for u in twin["units"]}
     unit = web.get(f"/api/v1/models/toy-rn/layer4/{UNITS[0]}").json()
     channel = unit["featureviz"]["main"][0]
@@ -74,6 +74,6 @@ def test_layer_grid_shows_the_channel_thumbnails(web: TestClient, tmp_path) -> N
         assert by_index[index]["thumbnail_kind"] == "featureviz"
         assert by_index[index]["thumbnail_url"].startswith("/blobs/")
     assert by_index[UNITS[0]]["thumbnail_url"] == channel["image_url"]  # a 64-pixel image is its own thumbnail
-    assert by_index[0]["thumbnail_url"] is None
+    assert by_index[255]["thumbnail_url"] is None  # no visualization, no dataset examples
     cards = {a["data-unit"]: a for a in doc.find_all("a", data_unit=True)}
     assert cards[str(UNITS[0])].one("img")["src"] == by_index[UNITS[0]]["thumbnail_url"]
