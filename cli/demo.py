@@ -65,3 +65,8 @@ def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS) -> Iter
             summary = run_words(store, WordsRequest(model_id=arch, layers=(layer,), words=word_list, source=source,
                                                     device=device), loaded=loaded)
             yield f"{arch} {layer}: top rastered words of {len(word_list)} words, {name} ({summary})"
+        # Feature visualizations: the first grid page and the figures' units (with diversity
+        # and the world's text/object facets for the latter), at DEMO_STEPS steps.
+        from workers.featureviz_job import render_demo
+
+        yield from render_demo(store, loaded, device=device)

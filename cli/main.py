@@ -34,6 +34,8 @@ datasets_app = typer.Typer(help="Register image datasets (folders, URLs, tar sha
 precompute_app = typer.Typer(help="Precompute dataset examples, statistics, rastered words and neuron directions (resumable jobs).", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(precompute_app, name="precompute")
+featureviz_app = typer.Typer(help="Feature visualization: facet probes (the images come from `precompute featureviz`).", no_args_is_help=True)
+app.add_typer(featureviz_app, name="featureviz")
 
 
 def _fail(message: str) -> None:
@@ -623,6 +625,67 @@ def precompute_typographic_eval(
     )
     summary = run_typographic(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
     typer.echo(json.dumps(summary))
+
+
+@precompute_app.command("featureviz")
+def precompute_featureviz(
+    model: Annotated[str, typer.Option(help="A registered model id.")],
+    layer: Annotated[str, typer.Option(help="Layer name, e.g. layer4 or transformer.resblocks.11.mlp.")],
+    units: Annotated[Optional[str], typer.Option(help="Units and ranges, e.g. 0-47,254 (default: every unit).")] = None,
+    kinds: Annotated[str, typer.Option(help="Comma-separated: channel, neuron, diversity, facet.")] = "channel",
+    steps: Annotated[int, typer.Option(help="Optimisation steps per image.")] = 512,
+    diversity: Annotated[int, typer.Option(help="Images per unit for the diversity kind.")] = 4,
+    facets: Annotated[Optional[str], typer.Option(help="Facet probes for the facet kind, e.g. text,object.")] = None,
+    facet_layer: Annotated[Optional[str], typer.Option(help="Layer of the facet probes (default: the layer below).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the starting images and transformations.")] = 0,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per optimisation (default: what the device's memory holds).")] = None,
+    engine: Annotated[str, typer.Option(help="local (in this process) or ray (the pass as a Ray task).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
+    restart: Annotated[bool, typer.Option(help="Discard earlier progress of this layer and render again.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Feature visualizations of a layer's units, rendered many units per optimisation (resumable)."""
+    from workers.engines import StoreConfig
+    from workers.featureviz_job import FeatureVizRequest, run_featureviz
+
+    request = FeatureVizRequest(
+        model_id=model, layer=layer, units=_unit_list(units), kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
+        steps=steps, diversity=diversity, facets=tuple(f.strip() for f in (facets or "").split(",") if f.strip()),
+        facet_layer=facet_layer, seed=seed, batch_size=batch_size, engine=engine, ray_address=ray_address,
+        restart=restart, device=_device(device),
+    )
+    summary = run_featureviz(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
+    typer.echo(json.dumps(summary))
+
+
+def _unit_list(text: Optional[str]):
+    """'0-47,254' as a tuple of units (checked against the layer by the job), None for all."""
+    from workers.featureviz_job import parse_units
+
+    if text is None or text.strip() in ("", "all"):
+        return None
+    return parse_units(text, 1 << 30)
+
+
+@featureviz_app.command("train-facet")
+def featureviz_train_facet(
+    model: Annotated[str, typer.Option(help="A registered model id.")],
+    facet: Annotated[str, typer.Option(help="The facet's name, e.g. text, face, logo.")],
+    layer: Annotated[Optional[str], typer.Option(help="The (lower) layer the probe reads (default: the layer below the final one).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="A folder of the facet's images.")] = None,
+    generic: Annotated[Optional[Path], typer.Option(help="A folder of generic images to tell them from.")] = None,
+    world: Annotated[bool, typer.Option("--world", help="The synthetic world's built-in facet (text or object) instead of folders.")] = False,
+    count: Annotated[int, typer.Option(help="World pictures per side.")] = 200,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,
+) -> None:
+    """Train a facet probe (logistic regression on a layer's mean activations) and store it."""
+    from workers.engines import StoreConfig
+    from workers.featureviz_job import FacetRequest, train_facet
+
+    request = FacetRequest(model_id=model, layer=layer, facet=facet, images=str(images) if images else None,
+                           generic=str(generic) if generic else None, world=world, count=count, device=_device(device))
+    typer.echo(json.dumps(train_facet(StoreConfig.from_settings(get_settings()), request)))
 
 
 # --- tokens ---------------------------------------------------------------------------

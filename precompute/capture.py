@@ -28,6 +28,13 @@ def _to_capture_layout(layer: LayerSpec, output: torch.Tensor, batch_first: bool
     return output
 
 
+def _from_capture_layout(layer: LayerSpec, kept: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    if layer.kind == "tokens":
+        tokens = kept.transpose(1, 2)
+        return tokens if batch_first else tokens.transpose(0, 1)
+    return kept
+
+
 def _resolve(spec: ArchitectureSpec, layers: str | Iterable[str]) -> list[LayerSpec]:
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
@@ -42,6 +49,7 @@ def _hooks(
     store: dict[str, torch.Tensor],
     detach: bool,
     pre_activation: bool = False,
+    upstream: bool = False,
 ):
     visual = loaded.model.visual
     transformer = getattr(visual, "transformer", None)
@@ -55,7 +63,17 @@ def _hooks(
 
     def make_hook(layer: LayerSpec):
         def hook(_module, _inputs, output):
-            keep(layer, output.detach() if detach else output)
+            if not upstream:
+                keep(layer, output.detach() if detach else output)
+                return None
+            # The kept tensor feeds the rest of the forward pass (the module's output is
+            # replaced by the same values, rebuilt from it), so gradients of later layers
+            # with respect to it exist: what the faceted objective needs.
+            kept = _to_capture_layout(layer, output, batch_first)
+            store[layer.name] = kept
+            if len(store) == len(layers):
+                raise _StopForward
+            return _from_capture_layout(layer, kept, batch_first)
 
         return hook
 
@@ -82,12 +100,13 @@ def _hooks(
 
 
 def _run(
-    loaded: LoadedModel, images: torch.Tensor, layers, detach: bool, pre_activation: bool = False
+    loaded: LoadedModel, images: torch.Tensor, layers, detach: bool, pre_activation: bool = False,
+    upstream: bool = False,
 ) -> dict[str, torch.Tensor]:
     specs = _resolve(loaded.spec, layers)
     captured: dict[str, torch.Tensor] = {}
     images = images.to(loaded.device, non_blocking=True)
-    with _hooks(loaded, specs, captured, detach, pre_activation):
+    with _hooks(loaded, specs, captured, detach, pre_activation, upstream):
         try:
             loaded.model.visual(images)
         except _StopForward:
@@ -119,12 +138,17 @@ def capture(
         loaded.model.train(was_training)
 
 
-def capture_with_grad(loaded: LoadedModel, images: torch.Tensor, layers: str | Iterable[str]) -> dict[str, torch.Tensor]:
+def capture_with_grad(loaded: LoadedModel, images: torch.Tensor, layers: str | Iterable[str], *,
+                      upstream: bool = False) -> dict[str, torch.Tensor]:
     """Like `capture`, but the activations stay in the autograd graph of `images`, for
-    optimisation (feature visualisation, attribution). The model's weights stay frozen."""
+    optimisation (feature visualisation, attribution). The model's weights stay frozen.
+
+    `upstream=True` makes each returned tensor (in capture layout) the one the rest of the
+    forward pass is computed from, so that gradients of a later layer with respect to an
+    earlier captured one can be taken (`torch.autograd.grad(later.sum(), earlier)`)."""
     loaded.model.eval()
     with torch.enable_grad():
-        return _run(loaded, images, layers, detach=False)
+        return _run(loaded, images, layers, detach=False, upstream=upstream)
 
 
 def split_tokens(activation: torch.Tensor, layer: LayerSpec) -> tuple[torch.Tensor, torch.Tensor]:

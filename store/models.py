@@ -333,6 +333,23 @@ class FeatureViz(Base):
     final_activation: Mapped[float | None] = mapped_column(Float)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    thumbnail_uri: Mapped[str | None] = mapped_column(Text)  # blob name of a small copy, for grids
+
+
+class FacetProbe(Base):
+    """A linear probe on a layer's mean activations that tells a facet's images (text, faces)
+    from generic ones: the `w` of faceted feature visualization. Weights are a float32 .npy blob."""
+
+    __tablename__ = "facet_probes"
+    __table_args__ = (UniqueConstraint("layer_id", "facet"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id", ondelete="CASCADE"))
+    facet: Mapped[str] = mapped_column(String(64))
+    weights_uri: Mapped[str] = mapped_column(Text)  # a blob name
+    bias: Mapped[float] = mapped_column(Float)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # source, counts, accuracy
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class DirectionSet(Base):

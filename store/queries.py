@@ -272,7 +272,7 @@ def unit_thumbnails(session: Session, unit_ids: Iterable[int]) -> dict[int, Thum
         return {}
     featureviz = select(
         FeatureViz.unit_id,
-        FeatureViz.blob_uri,
+        func.coalesce(FeatureViz.thumbnail_uri, FeatureViz.blob_uri).label("blob_uri"),
         case((FeatureViz.kind == "channel", literal_column(str(_THUMBNAIL_CHANNEL))),
              else_=literal_column(str(_THUMBNAIL_NEURON))).label("preference"),
         literal_column("''").label("dataset_id"),

@@ -1,7 +1,7 @@
 """typographic evaluation results
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-01
 
 One table, `typographic_results`: per model, dataset and label set, an attack text, its
@@ -16,7 +16,7 @@ from alembic import op
 
 
 revision: str = '0007'
-down_revision: str | Sequence[str] | None = '0005'
+down_revision: str | Sequence[str] | None = '0006'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
