@@ -10,9 +10,14 @@ DEMO_WORLD_SEED = 0
 DEMO_MODELS = ("toy-rn", "toy-vit")
 DEMO_DATASET = "synthetic-world"
 DEMO_WORDS = 10_000
+DEMO_HELD_OUT_DATASET = "world-objects-held-out"
+DEMO_HELD_OUT = 48  # single-object pictures the typographic evaluation attacks
+DEMO_HELD_OUT_SEED = 1  # another seed than the dataset's, so the pictures are new to every job
+DEMO_ATTACK_POOL = ("love", "pizza", "sale", "red", "one")  # words the attack search tries beside class names
 
 
-def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS) -> Iterator[str]:
+def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS,
+               featureviz_steps: int | None = None) -> Iterator[str]:
     """Each step is idempotent and resumable, so running the demo again only fills gaps."""
     from store import migrations
     from store.blobs import BlobStore
@@ -25,6 +30,11 @@ def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS) -> Iter
     from workers.examples_job import request_from_options, run_examples
     from store.loading import register
     from workers.words_job import WordsRequest, run_words
+    from precompute.typographic import write_held_out_objects
+    from workers.decompose_job import decompose_layers
+    from workers.directions_job import demo_layers, run_demo_directions
+    from workers.featureviz_job import DEMO_STEPS, render_demo
+    from workers.typographic_job import TypographicRequest, run_typographic
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.database_url, "head")
@@ -67,6 +77,25 @@ def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS) -> Iter
             yield f"{arch} {layer}: top rastered words of {len(word_list)} words, {name} ({summary})"
         # Feature visualizations: the first grid page and the figures' units (with diversity
         # and the world's text/object facets for the latter), at DEMO_STEPS steps.
-        from workers.featureviz_job import render_demo
+        yield from render_demo(store, loaded, steps=featureviz_steps or DEMO_STEPS, device=device, show_progress=False)
 
-        yield from render_demo(store, loaded, device=device)
+    # The text side: each neuron's direction in the joint space (toy-rn's layer4, every MLP
+    # layer of toy-vit), then its sparse decomposition over the world's vocabulary.
+    yield from run_demo_directions(store, loaded_models, DEMO_DATASET, device=device, show_progress=False)
+    yield from decompose_layers(store, {arch: demo_layers(loaded) for arch, loaded in loaded_models.items()},
+                                loaded=loaded_models, device=device, show_progress=False)
+
+    # Typographic attacks on held-out pictures of single objects, in the article's automated setup.
+    held_out = settings.data_dir / "datasets" / f"world-objects-held-out-seed{DEMO_HELD_OUT_SEED}"
+    write_held_out_objects(held_out, DEMO_HELD_OUT, seed=DEMO_HELD_OUT_SEED)
+    engine = make_engine(settings.database_url)
+    try:
+        yield register_dataset(make_sessionmaker(engine), BlobStore(settings.blob_url), DEMO_HELD_OUT_DATASET,
+                               DatasetSource("folder", str(held_out))).summary()
+    finally:
+        engine.dispose()
+    for arch, loaded in loaded_models.items():
+        request = TypographicRequest(arch, DEMO_HELD_OUT_DATASET, limit=DEMO_HELD_OUT, device=device,
+                                     search_pool=DEMO_ATTACK_POOL)
+        summary = run_typographic(store, request, loaded=loaded, show_progress=False)
+        yield f"{arch}: typographic attacks evaluated on {DEMO_HELD_OUT} held-out pictures ({summary})"

@@ -377,6 +377,7 @@ def demo(
     images: Annotated[int, typer.Option(help="Size of the generated synthetic dataset.")] = 10_000,
     words: Annotated[int, typer.Option(help="How many common English words to raster.")] = 10_000,
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the result when done.")] = True,
+    featureviz_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps of each feature visualization (default: the demo's 96).")] = None,
 ) -> None:
     """Build everything for the embedded toy models on a generated dataset, then serve it."""
     from cli.demo import build_demo
@@ -385,7 +386,9 @@ def demo(
         _fail("--images must be at least 1")
     if words < 1:
         _fail("--words must be at least 1")
-    for line in build_demo(get_settings(), images, words):
+    if featureviz_steps is not None and featureviz_steps < 1:
+        _fail("--featureviz-steps must be at least 1")
+    for line in build_demo(get_settings(), images, words, featureviz_steps):
         typer.echo(line)
     if serve_after:
         serve()
