@@ -7,14 +7,16 @@ import sys
 
 from sqlalchemy import func, select
 
-from store.models import DatasetExample, Layer, Model, Unit, WordActivation, WordEmbedding, WordList
+from store.models import (DatasetExample, Decomposition, DirectionSet, FeatureViz, Layer, Model, Unit, WordActivation,
+                          WordEmbedding, WordList)
+from store.models import TypographicResult
 from store.session import make_engine, make_sessionmaker
 
 
 def test_demo_builds_store_dataset_and_models(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSCOPE_")}
     env["MICROSCOPE_DATA_DIR"] = str(tmp_path / "data")
-    result = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120"],
+    result = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120", "--featureviz-steps", "4"],
                             capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr
     dataset = tmp_path / "data" / "datasets" / "synthetic-world-seed0"
@@ -46,9 +48,19 @@ def test_demo_builds_store_dataset_and_models(tmp_path):
             assert sources == {"synthetic-world:vocabulary", "wordfreq:en:120"}
             assert session.scalar(select(func.count()).select_from(Unit)
                                   .where(Unit.layer_id == final.id, Unit.max.is_(None))) == 0
+            # Channel visualizations of the grid's first page; directions and world-pool decompositions.
+            channel = session.scalar(select(func.count(func.distinct(FeatureViz.unit_id)))
+                                     .where(FeatureViz.unit_id.in_(units), FeatureViz.kind == "channel"))
+            assert channel >= 48
+            assert session.scalar(select(func.count()).select_from(DirectionSet).where(DirectionSet.layer_id == final.id)) == 1
+            decomposed = session.scalar(select(func.count(func.distinct(Decomposition.unit_id)))
+                                        .where(Decomposition.unit_id.in_(units), Decomposition.pool_id == "world"))
+            assert decomposed > final.units // 2
+            assert session.scalar(select(func.count()).select_from(TypographicResult)
+                                  .where(TypographicResult.model_id == model_id)) > 0
     engine.dispose()
 
-    again = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120"],
+    again = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120", "--featureviz-steps", "4"],
                            capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0, again.stderr
     word_lines = [line for line in again.stdout.splitlines() if "top rastered words" in line]
