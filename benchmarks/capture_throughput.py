@@ -1,6 +1,6 @@
 """Activation capture of all final-layer units versus the bare `encode_image` forward pass.
 
-Target (issue 2): capture throughput >= 0.9x encode_image on CPU for RN50x4 and ViT-B-32,
+Target: capture throughput >= 0.9x encode_image on CPU for RN50x4 and ViT-B-32,
 random weights (compute is what matters), same batches. Prints one JSON object.
 
     python benchmarks/capture_throughput.py [--arch RN50x4 --arch ViT-B-32] [--batch 8] [--repeats 5]

@@ -1,6 +1,6 @@
 """The examples pass over all final-layer units versus the bare `encode_image` forward pass.
 
-Target (issue 4): the pass runs at >= 0.85x the throughput of `encode_image` on the same
+Target: the pass runs at >= 0.85x the throughput of `encode_image` on the same
 images and batch size, data loading and decoding (PNG files through the model's preprocess,
 in the same background loader) included in both, on CPU for toy-rn and RN50x4 with random
 weights. "The pass" is what a shard worker does per batch: the pre-ReLU capture of the final

@@ -2,7 +2,7 @@
 against a loop that renders the same units one at a time, same device and settings, in one
 run (interleaved, so the machine's load hits both alike).
 
-Target (issue 19): batch of 64 >= 5x the loop on CPU for toy-rn `layer4`; random-initialised
+Target: batch of 64 >= 5x the loop on CPU for toy-rn `layer4`; random-initialised
 RN50x4 `layer4` and ViT-B-32 `transformer.resblocks.11.mlp` reported too (smaller batches,
 fewer steps on CPU). With `--project` on a GPU: the time to render all 2,560 units of RN50x4
 `layer4` at 512 steps and its native 288 pixels, measured on one full batch and projected.

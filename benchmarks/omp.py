@@ -1,6 +1,6 @@
 """Batched OMP (precompute/omp.py) against scikit-learn's orthogonal_mp on the same dictionary.
 
-Target (issue 20): >= 5x scikit-learn on CPU for 3,072 neurons, m = 32, a 30,000-text pool of
+Target: >= 5x scikit-learn on CPU for 3,072 neurons, m = 32, a 30,000-text pool of
 dimension 512, with the same atoms. The dictionary is a pool of random embeddings (the
 default) centred and unit-normalised by `text_dictionary`; the targets are sparse sums of 8
 atoms plus noise, like a neuron direction that a few words explain. scikit-learn walks the

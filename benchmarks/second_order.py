@@ -1,6 +1,6 @@
 """Second-order effects of every neuron of a layer versus the bare `encode_image` of the same batch.
 
-Target (issue 20): all 3,072 neurons of random ViT-B-32 layer 9 on CPU, batch 8, in at most
+Target: all 3,072 neurons of random ViT-B-32 layer 9 on CPU, batch 8, in at most
 2x the time of `encode_image` (the authors' code took about 180 s per image and 6.4 GB).
 The image-independent maps are computed once per (model, layer) and reported apart
 (`maps_seconds`); peak memory is each mode's maxrss in a fresh subprocess (the model alone,

@@ -1,6 +1,6 @@
 """Training step of the toy models: torch.compile against eager mode, same batch, same machine.
 
-Target (issue 3): each recipe trains in at most 30 minutes on 2 CPU cores, data and compilation
+Target: each recipe trains in at most 30 minutes on 2 CPU cores, data and compilation
 included; compiling is what lets toy-rn's recipe take 2,500 steps inside that. Times one full
 optimisation step (forward, contrastive loss, backward, AdamW) of each model at its recipe's
 batch size, eager and compiled interleaved, after warm-up (compilation is reported apart), and

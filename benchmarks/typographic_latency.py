@@ -1,7 +1,7 @@
 """The typographic probe's live path: render the attack, then before + after + the unit readout
 through the model service (batched, bounded queue), for one client and for 8 at once.
 
-Targets (issue 22): toy models p50 <= 100 ms on CPU; random-initialised RN50x4 p50 <= 2 s on CPU;
+Targets: toy models p50 <= 100 ms on CPU; random-initialised RN50x4 p50 <= 2 s on CPU;
 8 concurrent requests finish within 3x one request's time. Baseline, measured in the same run:
 the bare encode_image of the two pictures (clean and attacked). Prints one JSON object.
 

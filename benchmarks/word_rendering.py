@@ -1,6 +1,6 @@
 """Rasterising the word list: words per second on one core.
 
-Target (issue 4): >= 2,000 words/s on one core. Renders the 10,000 most common English words
+Target: >= 2,000 words/s on one core. Renders the 10,000 most common English words
 (wordfreq) black on white with the default font, at the toy models' size (64 px) and at
 ViT-B-32's and RN50x4's input sizes (224 and 288 px), in this one thread; also reports the
 rate including the model's preprocessing into a tensor (what the words job feeds the model).

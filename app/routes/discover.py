@@ -37,7 +37,7 @@ def _form(layer, class_name, seg_layers, ablate, ablate_layer, ablate_mode, labe
                         ablate_mode or "zero", labels or None, top)
 
 
-@api_router.get("/discover", response_model=DiscoverFormOut, summary="What /discover offers: models, layers with directions, images")
+@api_router.get("/discover", response_model=DiscoverFormOut, responses={404: _ERRORS[404]}, summary="What /discover offers: models, layers with directions, images")
 def discover_options(request: Request, model: str | None = Query(None, max_length=128),
                      layer: str | None = Query(None, max_length=256), dataset: str | None = Query(None, max_length=128),
                      page: int = Query(1, ge=1, le=100_000), session: Session = Depends(get_session)):
