@@ -12,12 +12,10 @@ from typing import Any
 from fastapi import Request, UploadFile
 from sqlalchemy.orm import Session
 
-from app.live import read_upload, upload_limits
-from app.live_typographic import KeptUploads
+from app.live_typographic import KeptUploads, read_picture
 from app.pages.common import require_layer, require_model
 from app.pages.discover import discover_result
 from app.pages.typographic import default_label_set
-from app.uploads import decode_image
 from app.urls import request_urls
 from precompute.errors import Problem
 from store import queries
@@ -83,40 +81,6 @@ def _state(request: Request, name: str, factory):
     if not hasattr(state, name):
         setattr(state, name, factory())
     return getattr(state, name)
-
-
-def read_picture(request: Request, session: Session, *, upload: UploadFile | None, dataset: str | None,
-                 position: int | None, upload_ref: str | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """(RGB PIL image, source description, how to name it again) from one of the three sources."""
-    limits = upload_limits(request)
-    kept: KeptUploads = _state(request, "discover_uploads", KeptUploads)
-    if upload is not None and (upload.filename or upload.size):
-        data = read_upload(upload, limits)
-        decoded = decode_image(data, limits)
-        kept.put(decoded.sha256, data)
-        source = {"source": "upload", "filename": (upload.filename or "")[:200] or None, **decoded.summary()}
-        again: dict[str, Any] = {"upload_ref": decoded.sha256}
-    elif upload_ref:
-        data = kept.get(upload_ref)
-        if data is None:
-            raise Problem(410, "upload-expired", "the uploaded picture is no longer kept here; upload it again")
-        decoded = decode_image(data, limits)
-        source = {"source": "upload", "filename": None, **decoded.summary()}
-        again = {"upload_ref": upload_ref}
-    elif dataset and position is not None:
-        row = queries.dataset_image(session, dataset, position)
-        if row is None:
-            raise Problem(404, "unknown-image", f"Dataset {dataset!r} has no image at position {position}.")
-        try:
-            stored = request.app.state.blobs.get(row["blob_uri"])
-        except FileNotFoundError:
-            raise Problem(404, "missing-blob", f"The image file of {dataset}/{position} is missing from the blob store.") from None
-        decoded = decode_image(stored, limits)
-        source = {"source": "dataset", "dataset": dataset, "position": position, **decoded.summary()}
-        again = {"dataset": dataset, "position": position}
-    else:
-        raise Problem(400, "no-image", "upload an image file, or pick a dataset image (dataset and position)")
-    return decoded.image.convert("RGB"), source, again
 
 
 def _units(value: str) -> tuple[int, ...]:
@@ -224,7 +188,8 @@ def prepare(request: Request, session: Session, model_id: str, form: DiscoverFor
 def discover(request: Request, session: Session, *, model_id: str, form: DiscoverForm, upload: UploadFile | None,
              dataset: str | None, position: int | None, upload_ref: str | None) -> dict[str, Any]:
     live_request, summary = prepare(request, session, model_id, form)
-    image, source, again = read_picture(request, session, upload=upload, dataset=dataset, position=position,
+    kept: KeptUploads = _state(request, "discover_uploads", KeptUploads)
+    image, source, again = read_picture(request, session, kept, upload=upload, dataset=dataset, position=position,
                                         upload_ref=upload_ref)
     live = request.app.state.model_service.discover(model_id, image, live_request)
     rerun = {"model": model_id, "layer": summary["concept_layer"], "class_name": summary["class_name"],

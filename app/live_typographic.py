@@ -77,6 +77,43 @@ def _kept(request: Request) -> KeptUploads:
     return state.typographic_uploads
 
 
+def read_picture(request: Request, session: Session, kept: KeptUploads, *, upload: UploadFile | None,
+                 dataset: str | None, position: int | None,
+                 upload_ref: str | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(RGB PIL image, source description, how to name it again) from one of the three sources a
+    live page accepts: a new upload (kept in `kept` for a re-run), an upload kept earlier, or a
+    dataset image. The same limits and 4xx reasons for every page."""
+    limits = upload_limits(request)
+    if upload is not None and (upload.filename or upload.size):
+        data = read_upload(upload, limits)
+        decoded = decode_image(data, limits)
+        kept.put(decoded.sha256, data)
+        source = {"source": "upload", "filename": (upload.filename or "")[:200] or None, **decoded.summary()}
+        again: dict[str, Any] = {"upload_ref": decoded.sha256}
+    elif upload_ref:
+        data = kept.get(upload_ref)
+        if data is None:
+            raise Problem(410, "upload-expired", "the uploaded picture is no longer kept here; upload it again")
+        decoded = decode_image(data, limits)
+        source = {"source": "upload", "filename": None, **decoded.summary()}
+        again = {"upload_ref": upload_ref}
+    elif dataset and position is not None:
+        row = queries.dataset_image(session, dataset, position)
+        if row is None:
+            raise Problem(404, "unknown-image", f"Dataset {dataset!r} has no image at position {position}.")
+        store: BlobStore = request.app.state.blobs
+        try:
+            stored = store.get(row["blob_uri"])
+        except FileNotFoundError:
+            raise Problem(404, "missing-blob", f"The image file of {dataset}/{position} is missing from the blob store.") from None
+        decoded = decode_image(stored, limits)
+        source = {"source": "dataset", "dataset": dataset, "position": position, **decoded.summary()}
+        again = {"dataset": dataset, "position": position}
+    else:
+        raise Problem(400, "no-image", "upload an image file, or pick a dataset image (dataset and position)")
+    return decoded.image.convert("RGB"), source, again
+
+
 def _labels(form: AttackForm, arch: str):
     if form.custom_labels and form.custom_labels.strip():
         separator = "\n" if "\n" in form.custom_labels else ","
@@ -122,36 +159,8 @@ def typographic_probe(
     silence = _silence(form.silence)
     if form.setup == "custom":
         _placements(form, 1, 1)  # a bad placement is refused before the picture is read
-    limits = upload_limits(request)
-    rerun_source: dict[str, Any]
-    if upload is not None and (upload.filename or upload.size):
-        data = read_upload(upload, limits)
-        decoded = decode_image(data, limits)
-        _kept(request).put(decoded.sha256, data)
-        source = {"source": "upload", "filename": (upload.filename or "")[:200] or None, **decoded.summary()}
-        rerun_source = {"upload_ref": decoded.sha256}
-    elif upload_ref:
-        data = _kept(request).get(upload_ref)
-        if data is None:
-            raise Problem(410, "upload-expired", "the uploaded picture is no longer kept here; upload it again")
-        decoded = decode_image(data, limits)
-        source = {"source": "upload", "filename": None, **decoded.summary()}
-        rerun_source = {"upload_ref": upload_ref}
-    elif dataset and position is not None:
-        row = queries.dataset_image(session, dataset, position)
-        if row is None:
-            raise Problem(404, "unknown-image", f"Dataset {dataset!r} has no image at position {position}.")
-        store: BlobStore = request.app.state.blobs
-        try:
-            stored = store.get(row["blob_uri"])
-        except FileNotFoundError:
-            raise Problem(404, "missing-blob", f"The image file of {dataset}/{position} is missing from the blob store.") from None
-        decoded = decode_image(stored, limits)
-        source = {"source": "dataset", "dataset": dataset, "position": position, **decoded.summary()}
-        rerun_source = {"dataset": dataset, "position": position}
-    else:
-        raise Problem(400, "no-image", "upload an image file, or pick a dataset image (dataset and position)")
-    image = decoded.image.convert("RGB")
+    image, source, rerun_source = read_picture(request, session, _kept(request), upload=upload, dataset=dataset,
+                                               position=position, upload_ref=upload_ref)
     placements = _placements(form, *image.size)
     attacked = render_attack(image, text, placements)
     live = request.app.state.model_service.typographic(
