@@ -36,7 +36,7 @@ from precompute.lens import layer_effects, lens_paths
 from precompute.loader import iter_batches
 from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, shard_bounds, spans
+from workers.loop import AccumulatorPass, Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, shard_bounds, spans
 from workers.state import StateStore
 
 MEAN_KIND = "directions-mean"
@@ -146,7 +146,7 @@ def run_directions_shard(task: DirectionsTask, *, loaded=None, progress: Progres
         engine.dispose()
 
 
-class _ShardPass:
+class _ShardPass(AccumulatorPass):
     """The loop's work for one shard of one pass: items are the shard's dataset positions, each
     layer's state its accumulator, saved whole at every checkpoint."""
 
@@ -188,16 +188,6 @@ class _ShardPass:
                 self.accumulators[layer].update(values)
             else:
                 self.accumulators[layer].update(values, batch.positions.numpy())
-
-    def save(self, layer: str, cursor: int, done: bool) -> Checkpoint:
-        arrays, meta = self.accumulators[layer].state()
-        meta["plan"] = self.plans[layer]
-        return Checkpoint(self.states.save(f"{self.kind}-{self.job_ids[layer]}-{cursor:010d}", arrays, meta))
-
-    def committed(self, layer: str, checkpoint: Checkpoint) -> None:
-        if self.current_uri[layer] != checkpoint.state_uri:
-            self.states.delete(self.current_uri[layer])
-        self.current_uri[layer] = checkpoint.state_uri
 
 
 # -- the write ---------------------------------------------------------------------------------------

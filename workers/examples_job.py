@@ -43,7 +43,7 @@ from precompute.examples import ExampleParams, LayerAccumulator, calibrated_rang
 from precompute.loader import iter_batches
 from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, shard_bounds, spans
+from workers.loop import AccumulatorPass, Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, shard_bounds, spans
 from workers.state import StateStore
 
 KIND = "examples"
@@ -148,9 +148,11 @@ def run_shard(task: ShardTask, *, loaded=None, calibration: dict | None = None, 
         engine.dispose()
 
 
-class _ShardPass:
+class _ShardPass(AccumulatorPass):
     """The loop's work for one shard: items are the shard's dataset positions, each layer's
     state is its accumulator, saved whole at every checkpoint."""
+
+    kind = KIND
 
     def __init__(self, request: ExamplesRequest, jobs: dict, items, loaded, states: StateStore, blobs: BlobStore,
                  calibration: dict | None) -> None:
@@ -185,16 +187,6 @@ class _ShardPass:
                 self.accumulators[layer].update(values[layer][0], values[layer][1], batch.positions, keys)
         for layer in layers:
             self.accumulators[layer].skipped += len(batch.skipped)
-
-    def save(self, layer: str, cursor: int, done: bool) -> Checkpoint:
-        arrays, meta = self.accumulators[layer].state()
-        meta["plan"] = self.plans[layer]
-        return Checkpoint(self.states.save(f"{KIND}-{self.job_ids[layer]}-{cursor:010d}", arrays, meta))
-
-    def committed(self, layer: str, checkpoint: Checkpoint) -> None:
-        if self.current_uri[layer] != checkpoint.state_uri:
-            self.states.delete(self.current_uri[layer])
-        self.current_uri[layer] = checkpoint.state_uri
 
 
 # -- planning -----------------------------------------------------------------------------------------

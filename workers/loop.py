@@ -86,6 +86,26 @@ class Work(Protocol):
         """The checkpoint is durable: drop what it supersedes."""
 
 
+class AccumulatorPass:
+    """`save` and `committed` for work whose state per row is an accumulator, saved whole to a
+    state file at every checkpoint; the file a checkpoint supersedes is deleted once the
+    checkpoint is durable. A subclass provides `kind` (the state files' prefix), `states` (a
+    StateStore), and per row `job_ids`, `accumulators` (each with `state() -> (arrays, meta)`),
+    `plans` and `current_uri`."""
+
+    kind: str
+
+    def save(self, name: str, cursor: int, done: bool) -> Checkpoint:
+        arrays, meta = self.accumulators[name].state()
+        meta["plan"] = self.plans[name]
+        return Checkpoint(self.states.save(f"{self.kind}-{self.job_ids[name]}-{cursor:010d}", arrays, meta))
+
+    def committed(self, name: str, checkpoint: Checkpoint) -> None:
+        if self.current_uri[name] != checkpoint.state_uri:
+            self.states.delete(self.current_uri[name])
+        self.current_uri[name] = checkpoint.state_uri
+
+
 @dataclass(frozen=True)
 class PassResult:
     items: int  # items this run went through
