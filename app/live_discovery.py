@@ -91,6 +91,8 @@ def _units(value: str) -> tuple[int, ...]:
         units = tuple(sorted({int(part) for part in value.replace(" ", ",").split(",") if part.strip()}))
     except ValueError:
         raise Problem(422, "bad-ablation", "ablate lists unit indices separated by commas, e.g. 3,17,40") from None
+    if units and units[0] < 0:
+        raise Problem(422, "unknown-unit", f"unit indices start at 0; there is no unit {units[0]}")
     if len(units) > MAX_ABLATED:
         raise Problem(422, "bad-ablation", f"ablate at most {MAX_ABLATED} units at once")
     return units
@@ -107,13 +109,14 @@ def stored_direction_layers(session: Session, layers: list[dict[str, Any]]) -> l
 
 def prepare(request: Request, session: Session, model_id: str, form: DiscoverForm) -> tuple[Any, dict[str, Any]]:
     """Every check that needs no picture, then the model service's request and a summary of it."""
-    from precompute.discovery import ABLATION_MODES, Ablation, DiscoverRequest, segmentation_layers
+    from precompute.discovery import ABLATION_MODES, Ablation, DiscoverRequest, check_layer_set, segmentation_layers
     from precompute.zeroshot import label_set
 
     model = require_model(session, model_id)
     layers = queries.layers_of(session, [model_id]).get(model_id, [])
     by_name = {l["name"]: l for l in layers}
     family, depth = _family(model["arch"], layers)
+    check_layer_set(family, form.seg_layers)  # a form mistake, said before what the store lacks
     stored = stored_direction_layers(session, layers)
     blobs: BlobStore = request.app.state.blobs
     knowledge: _Knowledge = _state(request, "discover_knowledge", _Knowledge)

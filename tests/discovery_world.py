@@ -1,8 +1,8 @@
 """The toy models' knowledge for discovery tests, computed directly with precompute on a few
 hundred pictures of the synthetic world (the training distribution): every layer's directions,
 mean effects and thresholds (precompute.directions), the world vocabulary's embeddings and the
-layer's OMP decompositions over it (precompute.omp). Held-out one-object pictures, with their
-object masks, come from another seed."""
+layer's OMP decompositions over it (precompute.omp), made as the demo makes them. Held-out
+one-object pictures, with their object masks, come from another seed."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ HELD_OUT_SEED = 1234
 IMAGES = 320
 TOP = 16  # the 16th-largest norm over 320 pictures: about the top 5 %, the article's 98th percentile in spirit
 TERMS = 8  # terms per decomposition: on the toy models 6-8 name colours and shapes best (32 adds noise words)
+NORMALISATION = "per-dimension"  # the authors' dictionary scaling, as the demo's decompose job stores it
 LAYERS = {"toy-vit": ("transformer.resblocks.3.mlp", "transformer.resblocks.4.mlp", "transformer.resblocks.5.mlp"),
           "toy-rn": ("layer4",)}
 CONCEPT_LAYER = {"toy-vit": "transformer.resblocks.5.mlp", "toy-rn": "layer4"}
@@ -67,7 +68,8 @@ def knowledge(arch: str) -> dict[str, LayerKnowledge]:
     for name in layers:
         r, thresholds = directions(tops[name])
         units = np.arange(r.shape[0], dtype=np.int64)
-        out[name] = LayerKnowledge(name, units, r, tops[name].mean, thresholds, texts, decompose_layer(r, embeddings, TERMS))
+        out[name] = LayerKnowledge(name, units, r, tops[name].mean, thresholds, texts,
+                                   decompose_layer(r, embeddings, TERMS, NORMALISATION))
     return out
 
 

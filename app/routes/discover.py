@@ -32,6 +32,12 @@ _ERRORS = {
 }
 
 
+async def _class_name_sent(request: Request) -> bool:
+    """Whether the form holds a class_name field at all: FastAPI reads an empty field as left out,
+    and an empty class name is a mistake to refuse, not a request to skip segmentation."""
+    return "class_name" in await request.form()
+
+
 def _form(layer, class_name, seg_layers, ablate, ablate_layer, ablate_mode, labels, top) -> DiscoverForm:
     return DiscoverForm(layer or None, class_name, seg_layers or None, ablate or "", ablate_layer or None,
                         ablate_mode or "zero", labels or None, top)
@@ -64,7 +70,10 @@ def discover(
     upload_ref: str | None = Form(None, max_length=64, description="The sha256 of an upload made moments ago."),
     file: UploadFile | None = File(None, description="PNG, JPEG, GIF, WebP or BMP."),
     session: Session = Depends(get_session),
+    class_name_sent: bool = Depends(_class_name_sent),
 ):
+    if class_name is None and class_name_sent:
+        class_name = ""
     form = _form(layer, class_name, seg_layers, ablate, ablate_layer, ablate_mode, labels, top)
     return live_discovery.discover(request, session, model_id=model, form=form, upload=file, dataset=dataset,
                                    position=position, upload_ref=upload_ref)

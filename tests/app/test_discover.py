@@ -1,6 +1,7 @@
 """/discover and POST /api/v1/discover on a real store (toy-vit with directions and decompositions
-computed from world pictures): concepts, segmentation and ablation against a direct computation,
-the page showing what the JSON says, and bad input refused with reasons."""
+computed from world pictures), on SQLite and on Postgres: concepts, segmentation and ablation
+against a direct computation, the page showing what the JSON says, and bad input refused with
+reasons."""
 
 from __future__ import annotations
 
@@ -17,23 +18,34 @@ from PIL import Image
 
 from app.server import create_app
 from app.settings import Settings
+from tests.app.conftest import BACKENDS, _database
 from tests.discover_store import MODEL, prepare_discover_store
 
 CONCEPT_LAYER = "transformer.resblocks.5.mlp"
+RESNET = "toy-rn"
 
 
-@pytest.fixture(scope="module")
-def discover_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def discover_web(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The discover store on each backend, with toy-rn registered too (no directions: a ResNet
+    to refuse ViT-only options on)."""
     from store import migrations
+    from tests.discovery_world import model
+    from tests.workers.precompute_helpers import register_random
 
-    folder = tmp_path_factory.mktemp("discover")
-    url = f"sqlite:///{folder / 'microscope.db'}"
-    migrations.upgrade(url)
-    prepare_discover_store(url, folder)
-    settings = Settings(database_url=url, blob_url=str(folder / "blobs"), data_dir=Path(folder / "data"), device="cpu",
-                        live_rate_limit="10000/minute")
-    with TestClient(create_app(settings)) as client:
-        yield client
+    folder = tmp_path_factory.mktemp(f"discover-{request.param}")
+    url, drop = _database(request.param, folder)
+    try:
+        migrations.upgrade(url)
+        prepare_discover_store(url, folder)
+        register_random(url, RESNET, RESNET, model(RESNET))
+        settings = Settings(database_url=url, blob_url=str(folder / "blobs"), data_dir=Path(folder / "data"),
+                            device="cpu", live_rate_limit="10000/minute")
+        with TestClient(create_app(settings)) as client:
+            yield client
+    finally:
+        if drop:
+            drop()
 
 
 def red_circle() -> Image.Image:
@@ -49,7 +61,7 @@ def png(image: Image.Image) -> bytes:
 
 
 def post(client: TestClient, image: Image.Image | None | bool = None, path: str = "/api/v1/discover", **fields):
-    data = {"model": MODEL, **{k: str(v) for k, v in fields.items()}}
+    data = {"model": MODEL, **{k: str(v) for k, v in fields.items()}}  # a "model" field overrides toy-vit
     files = {"file": ("circle.png", png(image or red_circle()), "image/png")} if image is not False else None
     return client.post(path, data=data, files=files)
 
@@ -142,6 +154,10 @@ def test_dataset_image_and_upload_ref(discover_web: TestClient) -> None:
     ({"layer": "transformer.resblocks.0.mlp"}, None, 422, "no-directions"),
     ({"layer": "nope"}, None, 404, "unknown-layer"),
     ({"seg_layers": "vit-late"}, None, 422, "no-class-name"),
+    ({"class_name": ""}, None, 422, "empty-class-name"),
+    ({"model": RESNET, "class_name": "circle", "seg_layers": "vit-late"}, None, 422, "layer-set-needs-vit"),
+    ({"ablate": "-1"}, None, 422, "unknown-unit"),
+    ({"ablate": "3", "ablate_layer": "transformer.resblocks.4.mlp.nope"}, None, 404, "unknown-layer"),
 ])
 def test_bad_input_is_refused_with_a_reason(discover_web: TestClient, fields, image, status, reason) -> None:
     r = post(discover_web, image, **fields)

@@ -6,6 +6,7 @@ figure we measured, so a regression still fails, and the report says so."""
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from precompute.discovery import (
     class_embedding,
     cue_success,
     discover_concepts,
+    discover_concepts_over_layers,
     iou,
     read,
     segment,
@@ -36,27 +38,51 @@ def _report(name: str, value) -> None:
 
 
 # Concept discovery names colour and shape among its top 10 texts. Bar: 80 % of 50 pictures.
-# Measured (8-term world-pool decompositions, one layer): toy-vit 32 %, toy-rn 46 % -- missed.
-CONCEPT_FLOOR = {"toy-vit": 0.24, "toy-rn": 0.34}
+# Measured with 8-term per-dimension decompositions over the world's words and the layers' own
+# thresholds (the 16th-largest norm of 320 pictures): toy-vit's last layer alone 56 %, its three MLP
+# layers together 80 % (met); toy-rn's one layer with directions 78 % (missed by one picture).
+# tests/concept_semantics.py measures every variant and the ceilings behind these figures.
+CONCEPT_FLOOR = {("toy-vit", "last"): 0.52, ("toy-vit", "all"): 0.8, ("toy-rn", "last"): 0.74}
+
+
+@lru_cache(maxsize=None)
+def concept_figures(arch: str) -> dict[str, dict[str, float]]:
+    """The share of the 50 pictures whose top 10 texts name the colour, the shape, and both:
+    from the concept layer alone ("last") and from every layer with directions added up ("all")."""
+    loaded = model(arch)
+    known = knowledge(arch)
+    samples = held_out_objects(50)
+    pixels = torch.stack([loaded.preprocess(s.image) for s in samples])
+    effects = {name: value.values for name, value in layer_effects(loaded, pixels, list(known)).items()}
+    rankings = {"last": [], "all": []}
+    for i in range(len(samples)):
+        rankings["last"].append([c.text for c in discover_concepts(known[CONCEPT_LAYER[arch]], effects[CONCEPT_LAYER[arch]][i],
+                                                                   top=10).concepts])
+        rankings["all"].append([text for text, _ in discover_concepts_over_layers(
+            list(known.values()), {name: value[i] for name, value in effects.items()}, top=10)])
+    out = {}
+    for key, names in rankings.items():
+        colour = [s.meta["color"] in n for s, n in zip(samples, names)]
+        shape = [s.meta["shape"] in n for s, n in zip(samples, names)]
+        out[key] = {"both": float(np.mean([c and h for c, h in zip(colour, shape)])), "colour": float(np.mean(colour)),
+                    "shape": float(np.mean(shape))}
+    return out
 
 
 @pytest.mark.parametrize("arch", ["toy-vit", "toy-rn"])
 def test_concepts_name_colour_and_shape(arch):
-    loaded = model(arch)
-    layer = CONCEPT_LAYER[arch]
-    k = knowledge(arch)[layer]
-    samples = held_out_objects(50)
-    pixels = torch.stack([loaded.preprocess(s.image) for s in samples])
-    effects = layer_effects(loaded, pixels, [layer])[layer].values
-    both = colour = shape = 0
-    for sample, effect in zip(samples, effects):
-        names = [c.text for c in discover_concepts(k, effect, top=10).concepts]
-        colour += sample.meta["color"] in names
-        shape += sample.meta["shape"] in names
-        both += sample.meta["color"] in names and sample.meta["shape"] in names
-    _report(f"concepts {arch}", {"both": both / 50, "colour": colour / 50, "shape": shape / 50})
-    assert both / 50 >= CONCEPT_FLOOR[arch]
-    assert colour / 50 >= 0.5  # colours are what the toy models' late neurons write most plainly
+    figures = concept_figures(arch)
+    _report(f"concepts {arch}", figures)
+    for layers, floor in CONCEPT_FLOOR.items():
+        if layers[0] == arch:
+            assert figures[layers[1]]["both"] >= floor, layers
+    assert figures["last"]["colour"] >= 0.75  # colours are what the toy models' late neurons write most plainly
+
+
+@pytest.mark.xfail(strict=True, reason="toy-rn's one layer with directions names both for 78 % (39 of 50): the bar "
+                   "is met only with a looser threshold than the layer's own (the 32nd-largest norm: 88 %)")
+def test_concepts_bar_on_toy_rn():
+    assert concept_figures("toy-rn")["last"]["both"] >= 0.8
 
 
 # Segmentation for the shape's name: mean IoU >= 0.5 on 100 held-out pictures (toy-vit, 8 x 8 grid);
