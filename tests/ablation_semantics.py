@@ -17,7 +17,8 @@ than on any other colour. Varied here:
 
 For each colour, its unit is silenced and the per-colour accuracies are read again; the colour
 "hurts most" when its own drop is larger than every other colour's. Also printed: the largest
-drop of any colour's accuracy, so a bar met trivially (nothing drops) is told apart.
+drop of any colour's accuracy, so a bar met trivially (nothing drops) is told apart, and the
+accuracies with the whole layer silenced: how much the prediction depends on the layer at all.
 
     python -m tests.ablation_semantics [--model toy-vit] [--pictures 240]   # prints JSON lines
 """
@@ -102,6 +103,12 @@ def measure(arch: str, count: int) -> list[dict]:
             return out
 
         base = accuracies()
+        every = tuple(range(len(means)))
+        for mode in ("zero", "mean"):  # the ceiling: the whole layer silenced
+            whole = accuracies([Ablation(layer, every, mode, tuple(float(m) for m in means) if mode == "mean" else None)])
+            rows.append({"model": arch, "pictures": kind, "count": count, "units": "whole layer", "mode": mode,
+                         **{f"{task} accuracy": round(float(np.mean(list(whole[task].values()))), 4) for task in whole},
+                         **{f"{task} baseline": round(float(np.mean(list(base[task].values()))), 4) for task in base}})
         for units_kind, mode in itertools.product(("listed", "pure"), ("zero", "mean")):
             ablated = {}
             for colour in colours:

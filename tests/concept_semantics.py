@@ -11,8 +11,10 @@ method leaves open is varied and measured on both toy models:
 - the dictionary's normalisation: unit-length atoms or the authors' per-dimension scaling;
 - the number of terms per decomposition (4, 8, 16, 32);
 - the threshold a neuron's ||phi_n(I) - b_n|| must pass: the k-th largest over the 320 pictures
-  (k = 16, about the 95th percentile; k = 7, the article's 98th), or every neuron;
-- the layers whose active neurons add up: the last one, or every layer with directions;
+  (k = 16, about the 95th percentile, what the layer's stored threshold stands for; k = 7, the
+  article's 98th; k = 32, the 90th), or every neuron;
+- the layers whose active neurons add up: the last one, one named layer, or every layer with
+  directions;
 - the weight of an active neuron: ||phi_n(I) - b_n|| (the article's and the issue's), or the
   signed projection <phi_n(I) - b_n, r_n> (a neuron whose effect points against its direction
   on this image then votes against its texts).
@@ -24,7 +26,16 @@ pool's centred unit atoms (the layer's whole effect, no decomposition, no thresh
 -- the top 10 texts by cosine with the image embedding itself (what the model sees, read
 directly); `zero-shot` -- the model's colour and shape accuracy on the 50 pictures.
 
-    python -m tests.concept_semantics [--model toy-vit] [--quick]   # prints JSON lines
+Measured (seed 1234's 50 pictures; both = colour and shape among the top 10): with the layer's
+thresholds and 8 terms, per-dimension atoms name both for toy-vit 56 % (last layer) / 80 % (its
+three MLP layers) and toy-rn 78 %, unit atoms for 32 % / 52 % / 46 %; with the 90th-percentile
+threshold 84 % (toy-vit, three layers) and 88 % (toy-rn). The oracle over the same neurons reaches
+98-100 % for those variants; the image embedding's own top 10 words name both for only 34-36 %
+(64-66 % with prompted words), although zero-shot colour accuracy is 100 % and shape 92-100 %.
+Where both are missed, the shape word (cross and square most often) carries a large negative
+score: the neurons that fire on those shapes write against the bare word.
+
+    python -m tests.concept_semantics [--model toy-vit] [--quick] [--seed 1234]   # prints JSON lines
 """
 
 from __future__ import annotations
@@ -147,10 +158,10 @@ def variant(arch: str, *, pool: str, normalisation: str, terms: int, threshold: 
     return out
 
 
-def ceilings(arch: str) -> dict:
+def ceilings(arch: str, seed: int = HELD_OUT_SEED) -> dict:
     from precompute.zeroshot import class_features, label_set
 
-    samples, effects, embeddings = held_out(arch)
+    samples, effects, embeddings = held_out(arch, seed)
     loaded = model(arch)
     out = {}
     for pool in ("word", "prompted"):
@@ -168,8 +179,8 @@ def ceilings(arch: str) -> dict:
     return out
 
 
-GRID = {"pool": ("word", "prompted"), "normalisation": ("unit", "per-dimension"), "terms": (4, 8, 16, 32),
-        "threshold": ("top16", "top7", "none"), "layers": ("last", "all"), "weight": ("norm", "projection")}
+GRID = {"pool": ("word", "prompted"), "normalisation": ("unit", "per-dimension"), "terms": (4, 6, 8, 16, 32),
+        "threshold": ("top16", "top7", "top32", "none"), "layers": ("last", "all"), "weight": ("norm", "projection")}
 QUICK = {"pool": ("word", "prompted"), "normalisation": ("unit", "per-dimension"), "terms": (8, 32),
          "threshold": ("top16",), "layers": ("last", "all"), "weight": ("norm",)}
 
@@ -178,15 +189,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", action="append")
     parser.add_argument("--quick", action="store_true", help="a smaller grid")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="the held-out pictures' seed")
     args = parser.parse_args()
     grid = QUICK if args.quick else GRID
     for arch in args.model or MODELS:
-        print(json.dumps({"model": arch, "ceilings": ceilings(arch)}), flush=True)
+        print(json.dumps({"model": arch, "seed": args.seed, "ceilings": ceilings(arch, args.seed)}), flush=True)
         for values in itertools.product(*grid.values()):
             choice = dict(zip(grid, values))
             if arch == "toy-rn" and choice["layers"] == "all":
                 continue  # toy-rn has one layer with directions
-            print(json.dumps({"model": arch, **choice, **variant(arch, **choice)}), flush=True)
+            print(json.dumps({"model": arch, **choice, **variant(arch, **choice, seed=args.seed)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -141,11 +141,14 @@ def test_spurious_cue_search_finds_words_that_move_pictures(arch):
 
 
 # Ablating one colour's units lowers zero-shot accuracy on that colour more than on any other.
-# The toy models read colour redundantly: accuracy on clean one-object pictures stays at 100 % with a
-# colour's figures.json unit and its 16 most aligned neurons silenced, so the bar is measured on the
-# probability of the right colour, and accuracy is reported.
-@pytest.mark.parametrize("arch", ["toy-vit"])
-def test_ablating_a_colours_units_hurts_that_colour_most(arch):
+# The toy models read colour redundantly: zero-shot colour accuracy stays at 100 % with figures.json's
+# unit of a colour silenced (to zero or to its mean), with every last-layer unit that passes
+# figures.json's image test for the colour silenced, and on toy-vit with its whole last layer
+# silenced (tests/ablation_semantics.py). So the bar is held on the probability of the right colour,
+# with figures.json's unit and its 16 most aligned neurons silenced, and the accuracy bar is an
+# expected failure.
+@lru_cache(maxsize=None)
+def ablation_figures(arch: str) -> dict[str, dict]:
     from precompute.zeroshot import class_features, label_set
 
     figures = json.loads(FIGURES.read_text())[arch]
@@ -165,17 +168,33 @@ def test_ablating_a_colours_units_hurts_that_colour_most(arch):
         return ({c: float(right[truth == i].mean()) for i, c in enumerate(colours.names)},
                 {c: float(accuracy[truth == i].mean()) for i, c in enumerate(colours.names)})
 
+    def hurts_most(base: dict, after: dict, colour: str) -> tuple[bool, float, float]:
+        drops = {c: base[c] - after[c] for c in base}
+        own = drops.pop(colour)
+        return own > max(drops.values()), own, max(drops.values())
+
     base_p, base_a = per_colour()
-    hurt_most = 0
     rows = {}
     for colour, entry in figures["multimodal_units"].items():
         direction = features[colours.index(colour)] - features.mean(0)
         units = {entry["unit"], *(u for _, u, _ in aligned_neurons([k], direction, 16))}
         p, a = per_colour([Ablation(layer, tuple(sorted(units)))])
-        drops = {c: base_p[c] - p[c] for c in base_p}
-        own = drops.pop(colour)
-        hurt_most += own > max(drops.values())
-        rows[colour] = {"probability_drop": round(own, 4), "max_other": round(max(drops.values()), 4),
-                        "accuracy_drop": round(base_a[colour] - a[colour], 4)}
+        _, listed_a = per_colour([Ablation(layer, (int(entry["unit"]),))])
+        rows[colour] = {"probability": hurts_most(base_p, p, colour), "accuracy_with_aligned": hurts_most(base_a, a, colour),
+                        "accuracy": hurts_most(base_a, listed_a, colour)}
+    return rows
+
+
+@pytest.mark.parametrize("arch", ["toy-vit"])
+def test_ablating_a_colours_units_hurts_that_colour_most(arch):
+    rows = ablation_figures(arch)
     _report(f"ablation {arch}", rows)
-    assert hurt_most >= 6  # of the 8 colours
+    assert sum(row["probability"][0] for row in rows.values()) >= 6  # of the 8 colours
+
+
+@pytest.mark.xfail(strict=True, reason="silencing figures.json's unit of a colour changes no zero-shot colour "
+                   "prediction of the toy-vit (accuracy stays 100 % on every colour; the whole last MLP layer "
+                   "silenced leaves it at 100 %): the model reads colour redundantly")
+def test_ablating_a_colours_unit_lowers_its_accuracy_most():
+    rows = ablation_figures("toy-vit")
+    assert all(row["accuracy"][0] for row in rows.values())
