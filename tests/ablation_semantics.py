@@ -20,6 +20,14 @@ For each colour, its unit is silenced and the per-colour accuracies are read aga
 drop of any colour's accuracy, so a bar met trivially (nothing drops) is told apart, and the
 accuracies with the whole layer silenced: how much the prediction depends on the layer at all.
 
+Measured (240 pictures of each kind): zero-shot colour accuracy is 100 % on both models and no
+faithful variant moves it. figures.json's one unit, to zero or to its mean, changes no prediction
+of any task on either model. The pure units (toy-vit 13-30 per colour, toy-rn 9-30) change none on
+toy-vit and, on toy-rn, only green's own (-3 % of one-object pictures, -8 % of the evaluation's, to
+zero): 1 of 8 colours hurt most. Silencing toy-vit's whole last MLP layer leaves colour accuracy
+at 100 % (the residual stream carries colour past it); silencing toy-rn's whole layer4 drops it to
+chance (12.5 %), so the layer matters but no colour's units alone do.
+
     python -m tests.ablation_semantics [--model toy-vit] [--pictures 240]   # prints JSON lines
 """
 
