@@ -4,6 +4,7 @@ common English words first."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,6 +165,25 @@ def test_words_page_uses_the_world_list_for_toy_models(client: TestClient, model
     english = client.get(world["word_lists"][1]["api_url"]).json()
     assert english["word_list"] == ENGLISH_LIST and english["q"] == "man" and english["model"] == model
     assert english["results"] and english["results"] != world["results"]
+
+
+@pytest.mark.parametrize("model", [*FINAL_LAYERS, REAL_MODEL])
+def test_layer_grid_and_export_read_the_list_the_unit_page_shows_first(client: TestClient, model: str) -> None:
+    """The layer's grid and its bulk export show a unit's top words from the same word list as
+    its unit page: the world's vocabulary for a toy model, common English for a real one,
+    although `common-english` sorts first by id."""
+    layer = FINAL_LAYERS.get(model, "layer4")
+    unit = next(iter(COLOUR_UNITS[model].values())) if model in FINAL_LAYERS else 0
+    first = WORLD_LIST if model in FINAL_LAYERS else ENGLISH_LIST
+    page = client.get(f"/api/v1/models/{model}/{layer}/{unit}").json()
+    assert page["words"][0]["word_list"] == first
+    words = [w["word"] for w in page["words"][0]["words"]]
+    grid = client.get(f"/api/v1/models/{model}/{layer}?page={unit // 48 + 1}").json()
+    entry = next(u for u in grid["units"] if u["index"] == unit)
+    assert entry["top_words"] == words[:3]
+    export = client.get(f"/api/v1/models/{model}/{layer}/export")
+    line = next(l for l in map(json.loads, export.text.splitlines()) if l["index"] == unit)
+    assert line["word_list"] == first and [w["word"] for w in line["words"]] == words[:10]
 
 
 def test_world_vocabulary_is_one_word_list_option_of_three(tmp_path: Path) -> None:
