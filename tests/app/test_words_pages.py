@@ -22,6 +22,7 @@ from tests.app.html import json_twin, parse
 from tests.conftest import toy_model
 from tests.world_words import (
     ENGLISH_LIST, ENGLISH_WORDS, FINAL_LAYERS, WORLD_LIST, build_world_words_store, colour_units, microscope,
+    sqlite_world_words_store,
 )
 
 pytestmark = pytest.mark.slow
@@ -33,12 +34,12 @@ COLOUR_UNITS = colour_units()
 def world_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     folder = tmp_path_factory.mktemp(f"world-words-{request.param}")
     drop = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'microscope.db'}"
-    else:
-        url, drop = _postgres_schema()
     try:
-        build_world_words_store(url, folder)
+        if request.param == "sqlite":
+            url = sqlite_world_words_store(folder)
+        else:
+            url, drop = _postgres_schema()
+            build_world_words_store(url, folder)
         _add_real_model(url)
         yield Settings(database_url=url, data_dir=folder, blob_url=str(folder / "blobs"), device="cpu")
     finally:
