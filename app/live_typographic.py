@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from app.live import read_upload, upload_limits
 from app.pages.common import require_layer, require_model
-from app.pages.probe import default_layer
-from app.pages.typographic import default_label_set, typographic_result
+from app.pages.probe import default_label_set, default_layer
+from app.pages.typographic import typographic_result
 from app.uploads import decode_image
 from app.urls import request_urls
 from precompute.errors import Problem

@@ -519,14 +519,14 @@ def precompute_words(
 
     The word list is the most common English words (the default), a file of yours, or the
     synthetic world's vocabulary, which is what the toy models know."""
+    if sum((words is not None, word_file is not None, world_vocabulary)) > 1:  # refused before torch is imported
+        _fail("choose one of --words, --word-file and --world-vocabulary")
     from precompute.words import (DEFAULT_WORD_COUNT, WORLD_VOCABULARY_SOURCE, common_words, common_words_source,
                                   read_word_file)
     from precompute.words import world_vocabulary as world_words
     from workers.engines import StoreConfig
     from workers.words_job import WordsRequest, run_words
 
-    if sum((words is not None, word_file is not None, world_vocabulary)) > 1:
-        _fail("choose one of --words, --word-file and --world-vocabulary")
     if word_file is not None:
         chosen, source = read_word_file(word_file), str(word_file.expanduser().resolve())
     elif world_vocabulary:

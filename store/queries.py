@@ -305,13 +305,30 @@ def unit_thumbnails(session: Session, unit_ids: Iterable[int]) -> dict[int, Thum
     return out
 
 
-def top_words(session: Session, unit_ids: Sequence[int], per_unit: int = 3) -> dict[int, list[str]]:
+def _by_list(list_order: Sequence[str]) -> list[Any]:
+    """ORDER BY terms putting word lists in `list_order` (the order pages offer them), any
+    other list after them, by id."""
+    ranked = [case({list_id: rank for rank, list_id in enumerate(list_order)}, value=WordActivation.word_list_id,
+                   else_=len(list_order))] if list_order else []
+    return [*ranked, WordActivation.word_list_id]
+
+
+def word_lists_of_units(session: Session, unit_ids: Sequence[int]) -> list[str]:
+    """The ids of the word lists these units have top words in, by id."""
+    if not unit_ids:
+        return []
+    stmt = select(WordActivation.word_list_id).where(WordActivation.unit_id.in_(unit_ids)).distinct()
+    return sorted(session.execute(stmt).scalars())
+
+
+def top_words(session: Session, unit_ids: Sequence[int], per_unit: int = 3, list_order: Sequence[str] = ()) -> dict[int, list[str]]:
+    """Each unit's first `per_unit` top words, those of its first word list in `list_order` first."""
     if not unit_ids:
         return {}
     stmt = (
         select(WordActivation.unit_id, WordActivation.word)
         .where(WordActivation.unit_id.in_(unit_ids), WordActivation.rank < per_unit)
-        .order_by(WordActivation.unit_id, WordActivation.word_list_id, WordActivation.rank)
+        .order_by(WordActivation.unit_id, *_by_list(list_order), WordActivation.rank)
     )
     out: dict[int, list[str]] = defaultdict(list)
     for unit_id, word in session.execute(stmt).all():
@@ -684,18 +701,24 @@ def job_kinds(session: Session) -> list[str]:
     return list(session.execute(select(Job.kind).distinct().order_by(Job.kind)).scalars())
 
 
-def export_details(session: Session, unit_ids: Sequence[int], top: int = 10) -> dict[int, dict[str, list[tuple]]]:
-    """For the bulk export: each unit's top words, dataset examples and decomposition terms."""
-    out: dict[int, dict[str, list[tuple]]] = defaultdict(lambda: {"words": [], "examples": [], "decomposition": []})
+def export_details(session: Session, unit_ids: Sequence[int], top: int = 10,
+                   list_order: Sequence[str] = ()) -> dict[int, dict[str, Any]]:
+    """For the bulk export: each unit's top words (of its first word list in `list_order`, named
+    as `word_list`), dataset examples and decomposition terms."""
+    out: dict[int, dict[str, Any]] = defaultdict(lambda: {"word_list": None, "words": [], "examples": [], "decomposition": []})
     if not unit_ids:
         return {}
     words = (
-        select(WordActivation.unit_id, WordActivation.word, WordActivation.activation)
+        select(WordActivation.unit_id, WordActivation.word_list_id, WordActivation.word, WordActivation.activation)
         .where(WordActivation.unit_id.in_(unit_ids), WordActivation.rank < top)
-        .order_by(WordActivation.unit_id, WordActivation.word_list_id, WordActivation.rank)
+        .order_by(WordActivation.unit_id, *_by_list(list_order), WordActivation.rank)
     )
-    for unit_id, *rest in session.execute(words).all():
-        out[unit_id]["words"].append(tuple(rest))
+    for unit_id, list_id, *rest in session.execute(words).all():
+        entry = out[unit_id]
+        if entry["word_list"] is None:
+            entry["word_list"] = list_id
+        if entry["word_list"] == list_id:
+            entry["words"].append(tuple(rest))
     examples = (
         select(
             DatasetExample.unit_id, DatasetExample.sign, DatasetExample.rank, DatasetExample.activation,

@@ -12,11 +12,14 @@ eval` wrote of the checkpoints, not from the code the tests check.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +63,22 @@ def embedded(model: str):
     from precompute.registry import load_embedded
 
     return load_embedded(model, device="cpu")
+
+
+@functools.cache
+def _built_sqlite_store() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="world-words-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    build_world_words_store(f"sqlite:///{folder / 'microscope.db'}", folder)
+    return folder
+
+
+def sqlite_world_words_store(data_dir: Path) -> str:
+    """A SQLite store as `build_world_words_store` fills one, in `data_dir`, and its URL. It is a
+    copy of one built once per test run (the build runs the words job on both models), so each
+    reader has its own to change; the store names its blobs relative to the blob folder."""
+    shutil.copytree(_built_sqlite_store(), data_dir, dirs_exist_ok=True)
+    return f"sqlite:///{data_dir / 'microscope.db'}"
 
 
 def build_world_words_store(database_url: str, data_dir: Path) -> None:

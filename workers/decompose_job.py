@@ -29,7 +29,7 @@ from store import repository
 from store.blobs import BlobStore
 from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, spans
+from workers.loop import Cadence, Checkpoint, claimed, resume_or_start_over, run_pass, run_shards, spans, stored_plan
 from workers.state import StateStore
 
 KIND = "decompose"
@@ -156,17 +156,11 @@ def _plan(sessions, states: StateStore, request: DecomposeRequest, dataset_id: s
         found = repository.find_jobs(session, KIND, request.model_id, layer=request.layer, dataset_id=dataset_id)
         job = found[0] if found else repository.ensure_job(session, KIND, request.model_id, layer=request.layer,
                                                           dataset_id=dataset_id, total_items=total)
-        meta = states.meta(job.state_uri) if job.state_uri else None
-        if request.restart or meta is None or meta.get("plan") != plan:
-            states.delete(job.state_uri)
-            repository.checkpoint_job(session, job.id, 0, None, total_items=total)
-            repository.reset_job(session, job.id)
-        elif job.state == "done":
-            session.commit()
-            return None
-        else:
-            release_orphans(session, [job])
+        more = resume_or_start_over(session, states, job, stored_plan(states, job.state_uri), plan, restart=request.restart,
+                                    total=total)
         session.commit()
+        if not more:
+            return None
         return repository.find_jobs(session, KIND, request.model_id, layer=request.layer, dataset_id=dataset_id)[0]
 
 

@@ -36,7 +36,10 @@ from precompute.lens import layer_effects, lens_paths
 from precompute.loader import iter_batches
 from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import AccumulatorPass, Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, shard_bounds, spans
+from workers.loop import (
+    AccumulatorPass, Cadence, Checkpoint, claimed, refuse_other_plan, release_orphans, run_pass, run_shards, shard_bounds, spans,
+    stored_plan,
+)
 from workers.state import StateStore
 
 MEAN_KIND = "directions-mean"
@@ -278,12 +281,9 @@ def _plan(sessions, states: StateStore, loaded, request: DirectionsRequest, item
                 rows = {kind: [] for kind in rows}
             wanted = _plan_record(request, layer, len(bounds), fingerprint, paths, len(items))
             if rows[MEAN_KIND]:
-                planned = states.meta(rows[MEAN_KIND][0].state_uri)["plan"] if rows[MEAN_KIND][0].state_uri else None
-                if planned != wanted or len(rows[MEAN_KIND]) != len(bounds):
-                    differ = sorted(k for k in wanted if planned is None or planned.get(k) != wanted[k])
-                    raise MicroscopeError(
-                        f"directions of {layer} on '{request.dataset_id}' were planned with other "
-                        f"{', '.join(differ) or 'shards'}; re-run with the same options, or with --restart to recompute")
+                refuse_other_plan(f"directions of {layer} on '{request.dataset_id}'",
+                                  stored_plan(states, rows[MEAN_KIND][0].state_uri), wanted,
+                                  same_shards=len(rows[MEAN_KIND]) == len(bounds))
                 if rows[KIND] and rows[KIND][0].state == "done":
                     continue
                 todo.append(layer)

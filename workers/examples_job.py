@@ -43,7 +43,10 @@ from precompute.examples import ExampleParams, LayerAccumulator, calibrated_rang
 from precompute.loader import iter_batches
 from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import AccumulatorPass, Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, shard_bounds, spans
+from workers.loop import (
+    AccumulatorPass, Cadence, Checkpoint, claimed, refuse_other_plan, release_orphans, run_pass, run_shards, shard_bounds, spans,
+    stored_plan,
+)
 from workers.state import StateStore
 
 KIND = "examples"
@@ -223,13 +226,8 @@ def _plan(sessions, states: StateStore, blobs: BlobStore, loaded, request: Examp
                 todo.append(layer)
                 continue
             wanted = _plan_record(request, layer, len(bounds), fingerprint)
-            planned = states.meta(jobs[0].state_uri)["plan"] if jobs[0].state_uri else None
-            if planned != wanted or len(jobs) != len(bounds):
-                differ = sorted(k for k in wanted if planned is None or planned.get(k) != wanted[k])
-                raise MicroscopeError(
-                    f"examples of {layer} on '{request.dataset_id}' were planned with other {', '.join(differ) or 'shards'}; "
-                    "re-run with the same options, or with --restart to recompute"
-                )
+            refuse_other_plan(f"examples of {layer} on '{request.dataset_id}'", stored_plan(states, jobs[0].state_uri), wanted,
+                              same_shards=len(jobs) == len(bounds))
             if not (merge and merge[0].state == "done"):
                 todo.append(layer)
         session.commit()

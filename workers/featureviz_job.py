@@ -31,7 +31,7 @@ from store import repository
 from store.blobs import BlobStore
 from workers.engines import Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, spans
+from workers.loop import Cadence, Checkpoint, claimed, resume_or_start_over, run_pass, run_shards, spans, stored_plan
 from workers.state import StateStore
 
 KIND = "featureviz"
@@ -246,38 +246,25 @@ def _auto_images(loaded, request: FeatureVizRequest, probes) -> int:
 def _plan(sessions, states: StateStore, request: FeatureVizRequest):
     """The layer's job row for this plan (reset if it last ran another), or None if done."""
     plan = request.plan()
+
+    def plan_state(job) -> str:
+        return states.save(f"{KIND}-{job.id}-plan-{request.plan_id()}", {}, {"plan": plan})
+
     with sessions() as session:
         found = repository.find_jobs(session, KIND, request.model_id, layer=request.layer)
         total = len(request.units)
         if found:
             job = found[0]
-            meta = _meta(states, job.state_uri)
-            if request.restart or meta is None or meta.get("plan") != plan:
-                states.delete(job.state_uri)
-                uri = states.save(f"{KIND}-{job.id}-plan-{request.plan_id()}", {}, {"plan": plan})
-                repository.checkpoint_job(session, job.id, 0, uri, total_items=total)
-                repository.reset_job(session, job.id)
-            elif job.state == "done":
+            if not resume_or_start_over(session, states, job, stored_plan(states, job.state_uri, missing_ok=True), plan,
+                                        restart=request.restart, total=total, fresh_state=lambda: plan_state(job)):
                 session.commit()
                 return None
-            else:
-                release_orphans(session, [job])
         else:
             job = repository.ensure_job(session, KIND, request.model_id, layer=request.layer, total_items=total)
             session.flush()
-            uri = states.save(f"{KIND}-{job.id}-plan-{request.plan_id()}", {}, {"plan": plan})
-            repository.checkpoint_job(session, job.id, 0, uri, total_items=total)
+            repository.checkpoint_job(session, job.id, 0, plan_state(job), total_items=total)
         session.commit()
         return repository.find_jobs(session, KIND, request.model_id, layer=request.layer)[0]
-
-
-def _meta(states: StateStore, uri: str | None) -> dict | None:
-    if not uri:
-        return None
-    try:
-        return states.meta(uri)
-    except FileNotFoundError:
-        return None
 
 
 def run_featureviz_pass(task: FeatureVizTask, *, loaded=None, progress: Progress | None = None) -> dict:

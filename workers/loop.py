@@ -178,6 +178,46 @@ def claimed(sessions, jobs: Mapping[str, Any], kind: str) -> Iterator[dict[str, 
         raise
 
 
+def stored_plan(states, uri: str | None, *, missing_ok: bool = False) -> dict | None:
+    """The plan a job row's state file at `uri` records (None: no state yet, or, with
+    `missing_ok`, a state file that is gone)."""
+    if not uri:
+        return None
+    try:
+        return states.meta(uri).get("plan")
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise
+
+
+def refuse_other_plan(what: str, planned: dict | None, wanted: dict, *, same_shards: bool = True) -> None:
+    """A sharded job's rows keep their plan for good: a re-run planned otherwise is refused,
+    naming what differs, rather than mixing two plans' partial results."""
+    if planned == wanted and same_shards:
+        return
+    differ = sorted(k for k in wanted if planned is None or planned.get(k) != wanted[k])
+    raise MicroscopeError(f"{what} were planned with other {', '.join(differ) or 'shards'}; "
+                          "re-run with the same options, or with --restart to recompute")
+
+
+def resume_or_start_over(session, states, job, planned: dict | None, wanted: dict, *, restart: bool, total: int,
+                         fresh_state: Callable[[], str | None] = lambda: None) -> bool:
+    """Whether the job row `job` has work left under the plan `wanted`. On --restart, or when
+    it last ran another plan (`planned`), its state is dropped and it starts over at item 0
+    from `fresh_state()` (the new state URI, or None); a row done under this plan has none; a
+    row left running or failed by a killed run is released to resume from its cursor."""
+    if restart or planned != wanted:
+        states.delete(job.state_uri)
+        repository.checkpoint_job(session, job.id, 0, fresh_state(), total_items=total)
+        repository.reset_job(session, job.id)
+        return True
+    if job.state == "done":
+        return False
+    release_orphans(session, [job])
+    return True
+
+
 def release_orphans(session, jobs: Iterable[Any]) -> None:
     """Under the driver lock no one else works on these jobs: running ones are orphans of a
     killed run, failed ones get another go. Both resume from their cursor."""

@@ -3,6 +3,7 @@ thing a URL names."""
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -43,6 +44,11 @@ def pagination(
         "next_page_url": link(urls.html, nxt),
         "prev_page_url": link(urls.html, prev),
     }
+
+
+def png_data_url(data: bytes) -> str:
+    """A PNG the model service made (the picture as the model saw it, a heat map), inline in the page."""
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def offset(page: int, per_page: int) -> int:

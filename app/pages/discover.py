@@ -4,16 +4,13 @@ text), and what changes when chosen neurons are silenced. One dict per page, HTM
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.pages.common import NO_THUMBNAIL, pagination, unit_thumbnails
-from app.pages.probe import probe_form
-from app.pages.typographic import default_label_set
+from app.pages.common import NO_THUMBNAIL, png_data_url, unit_thumbnails
+from app.pages.probe import labelled_probe_form
 from app.urls import Urls
-from precompute.zeroshot import BUILTIN_SETS
 from store import queries
 
 SHOWN_NEURONS = 24  # of the segmentation's neurons, the page lists the most aligned
@@ -30,27 +27,16 @@ def discover_form(
     """What /discover offers: models, their layers with directions, dataset images, label sets."""
     from store.directions import direction_set_row
 
-    form = probe_form(session, urls, model_id=model_id, layer=layer, dataset=dataset, page=page, per_page=per_page,
-                      limits=limits)
-    arch = next((m["arch"] for m in form["models"] if m["id"] == form["model"]), None)
+    form, arch = labelled_probe_form(session, urls, Urls.discover, model_id=model_id, layer=layer, dataset=dataset,
+                                     page=page, per_page=per_page, limits=limits)
     layers = queries.layers_of(session, [form["model"]]).get(form["model"], []) if form["model"] else []
     stored = [l["name"] for l in layers if direction_set_row(session, l["id"]) is not None]
-    total = next((d["image_count"] for d in form["datasets"] if d["id"] == form["dataset"]), 0)
     form.update(
         layer=layer if layer else (stored[-1] if stored else form["layer"]),
         direction_layers=stored,
-        label_sets=list(BUILTIN_SETS),
-        label_set=default_label_set(arch),
         class_name=default_class_name(arch),
-        pagination=pagination(urls, Urls.discover, total=total, page=page, per_page=per_page, model=form["model"],
-                              layer=layer, dataset=form["dataset"]),
-        api_url=urls.api.discover(model=model_id, layer=layer, dataset=dataset, page=page if page != 1 else None),
     )
     return form
-
-
-def _png(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 class _Units:
@@ -94,7 +80,7 @@ def _state(part: dict[str, Any] | None, units: _Units, concept_layer: str) -> di
         }
     seg = part.get("segmentation")
     if seg is not None:
-        out["segmentation"] = {"heat_map": _png(seg["heat_png"]), "mask": _png(seg["mask_png"]), "grid": seg["grid"],
+        out["segmentation"] = {"heat_map": png_data_url(seg["heat_png"]), "mask": png_data_url(seg["mask_png"]), "grid": seg["grid"],
                                "size": seg["size"], "mask_fraction": round(seg["mask_fraction"], 5)}
     return out
 
@@ -127,7 +113,7 @@ def discover_result(session: Session, urls: Urls, *, model_id: str, live: dict[s
         "model": model_id,
         "layer": concept_layer,
         "labels": summary["labels"],
-        "input": {**source, "model_view": _png(live["input_png"])},
+        "input": {**source, "model_view": png_data_url(live["input_png"])},
         "class_name": summary["class_name"],
         "segmentation_layers": summary["segmentation_layers"],
         "segmentation_neurons": [{**units.entry(n["layer"], n["unit"]), "alignment": round(n["alignment"], 5)} for n in shown],

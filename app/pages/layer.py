@@ -12,6 +12,7 @@ from app.pages.common import (
     unit_thumbnails,
 )
 from app.pages.models import layer_entry
+from app.pages.words import ordered_word_lists
 from app.urls import Urls
 from precompute.errors import Problem
 from store import queries
@@ -27,6 +28,11 @@ def _missing(computed: dict[str, int]) -> list[str]:
     return missing
 
 
+def _list_order(session: Session, model_id: str, unit_ids: list[int]) -> list[str]:
+    """The units' word lists in the order their unit pages show them (the default first)."""
+    return [entry["id"] for entry in ordered_word_lists(session, model_id, queries.word_lists_of_units(session, unit_ids))]
+
+
 def layer_page(
     session: Session, model_id: str, layer_name: str, urls: Urls, *, sort: str = "index", page: int = 1,
     per_page: int = DEFAULT_PER_PAGE,
@@ -39,7 +45,7 @@ def layer_page(
     rows = queries.units_page(session, layer["id"], sort, offset(page, per_page), per_page)
     ids = [row["id"] for row in rows]
     thumbs = unit_thumbnails(session, urls, ids)
-    words = queries.top_words(session, ids)
+    words = queries.top_words(session, ids, list_order=_list_order(session, model_id, ids))
     units = []
     for row in rows:
         units.append(
@@ -73,7 +79,8 @@ def layer_page(
 
 def export_layer(session: Session, model_id: str, layer_name: str, urls: Urls, chunk: int = 256) -> Iterator[dict[str, Any]]:
     """Every unit of a layer with its statistics, label, top words, main visualization, top
-    dataset examples and decomposition: one dict per unit, read a chunk of units at a time."""
+    dataset examples and decomposition: one dict per unit, read a chunk of units at a time. The
+    top words are those of the word list the unit's page shows first."""
     require_model(session, model_id)
     layer = require_layer(session, model_id, layer_name)
     spatial = spatial_of(layer)
@@ -81,7 +88,7 @@ def export_layer(session: Session, model_id: str, layer_name: str, urls: Urls, c
     for start in range(0, total, chunk):
         rows = queries.units_page(session, layer["id"], "index", start, chunk)
         ids = [row["id"] for row in rows]
-        extra = queries.export_details(session, ids)
+        extra = queries.export_details(session, ids, list_order=_list_order(session, model_id, ids))
         featureviz = queries.main_featureviz(session, ids)
         for row in rows:
             detail = extra.get(row["id"], {})
@@ -92,6 +99,7 @@ def export_layer(session: Session, model_id: str, layer_name: str, urls: Urls, c
                 "label": row["label"],
                 "stats": stats(row),
                 "featureviz_url": urls.blob(featureviz.get(row["id"])),
+                "word_list": detail.get("word_list"),
                 "words": [{"word": w, "activation": a} for w, a in detail.get("words", [])],
                 "examples": [
                     {"sign": s, "rank": r, "activation": a, "image_url": urls.blob(u), "cell": cell(p, spatial)}

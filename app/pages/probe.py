@@ -3,14 +3,15 @@ about the units the model service found firing on an image."""
 
 from __future__ import annotations
 
-import base64
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.pages.common import NO_THUMBNAIL, cell, offset, pagination, require_layer, unit_thumbnails
+from app.pages.common import NO_THUMBNAIL, cell, offset, pagination, png_data_url, require_layer, unit_thumbnails
 from app.urls import Urls
 from precompute.errors import Problem
+from precompute.zeroshot import BUILTIN_SETS
 from store import queries
 
 
@@ -64,6 +65,32 @@ def probe_form(
     }
 
 
+def default_label_set(arch: str | None) -> str:
+    """The world's shapes for our toy models, ImageNet's classes for a real CLIP."""
+    return "world-shapes" if (arch or "").startswith("toy") else "imagenet"
+
+
+def labelled_probe_form(
+    session: Session, urls: Urls, route: Callable[..., str], *, model_id: str | None, layer: str | None,
+    dataset: str | None, page: int, per_page: int, limits: dict[str, Any] | None,
+) -> tuple[dict[str, Any], str | None]:
+    """(form, the chosen model's architecture) for a live page that classifies a picture: the
+    probe's models, layers and dataset images, the label sets with the model's default, and
+    paging and the JSON twin at the page's own `route` (a Urls method, `Urls.discover`)."""
+    form = probe_form(session, urls, model_id=model_id, layer=layer, dataset=dataset, page=page, per_page=per_page,
+                      limits=limits)
+    arch = next((m["arch"] for m in form["models"] if m["id"] == form["model"]), None)
+    total = next((d["image_count"] for d in form["datasets"] if d["id"] == form["dataset"]), 0)
+    form.update(
+        label_sets=list(BUILTIN_SETS),
+        label_set=default_label_set(arch),
+        pagination=pagination(urls, route, total=total, page=page, per_page=per_page, model=form["model"], layer=layer,
+                              dataset=form["dataset"]),
+        api_url=route(urls.api, model=model_id, layer=layer, dataset=dataset, page=page if page != 1 else None),
+    )
+    return form, arch
+
+
 def probe_result(
     session: Session, urls: Urls, *, model_id: str, layer_name: str, live: dict[str, Any], source: dict[str, Any]
 ) -> dict[str, Any]:
@@ -99,7 +126,7 @@ def probe_result(
         "unit_count": live["unit_count"],
         "input": {
             **source,
-            "model_view": "data:image/png;base64," + base64.b64encode(live["input_png"]).decode("ascii"),
+            "model_view": png_data_url(live["input_png"]),
         },
         "units": results,
         "model_url": urls.html.model(model_id),

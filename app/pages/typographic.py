@@ -4,24 +4,19 @@ units silenced."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.pages.common import NO_THUMBNAIL, pagination, require_layer, unit_thumbnails
-from app.pages.probe import probe_form
+from app.pages.common import NO_THUMBNAIL, png_data_url, require_layer, unit_thumbnails
+from app.pages.probe import default_label_set, labelled_probe_form
 from app.urls import Urls
-from precompute.zeroshot import BUILTIN_SETS
 from store import queries
+
+__all__ = ["default_label_set", "typographic_form", "typographic_result"]
 
 DEFAULT_TEXT = "square"
 DECOMPOSITION_TERMS = 3
-
-
-def default_label_set(arch: str | None) -> str:
-    """The world's shapes for our toy models, ImageNet's classes for a real CLIP."""
-    return "world-shapes" if (arch or "").startswith("toy") else "imagenet"
 
 
 def typographic_form(
@@ -29,23 +24,10 @@ def typographic_form(
     page: int = 1, per_page: int = 24, limits: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What /probe/typographic offers: the probe's models, layers and dataset images, the label sets."""
-    form = probe_form(session, urls, model_id=model_id, layer=layer, dataset=dataset, page=page, per_page=per_page,
-                      limits=limits)
-    arch = next((m["arch"] for m in form["models"] if m["id"] == form["model"]), None)
-    total = next((d["image_count"] for d in form["datasets"] if d["id"] == form["dataset"]), 0)
-    form.update(
-        label_sets=list(BUILTIN_SETS),
-        label_set=default_label_set(arch),
-        text=DEFAULT_TEXT,
-        pagination=pagination(urls, Urls.probe_typographic, total=total, page=page, per_page=per_page, model=form["model"],
-                              layer=form["layer"], dataset=form["dataset"]),
-        api_url=urls.api.probe_typographic(model=model_id, layer=layer, dataset=dataset, page=page if page != 1 else None),
-    )
+    form, _ = labelled_probe_form(session, urls, Urls.probe_typographic, model_id=model_id, layer=layer, dataset=dataset,
+                                  page=page, per_page=per_page, limits=limits)
+    form["text"] = DEFAULT_TEXT
     return form
-
-
-def _png(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def typographic_result(
@@ -89,7 +71,7 @@ def typographic_result(
         "layer": layer_name,
         "labels": labels,
         "attack": attack,
-        "input": {**source, "model_view": _png(live["input_png"]), "attacked_view": _png(live["attacked_png"])},
+        "input": {**source, "model_view": png_data_url(live["input_png"]), "attacked_view": png_data_url(live["attacked_png"])},
         "before": before,
         "after": after,
         "top_changed": before[0]["label"] != after[0]["label"],

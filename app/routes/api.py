@@ -12,17 +12,17 @@ import math
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
-from app import auth, live, live_typographic
-from app.live_typographic import AttackForm
+from app import auth, live
 from app import pages as builders
 from app.dependencies import get_session
 from app.pages.common import DEFAULT_PER_PAGE, MAX_PER_PAGE, require_annotation, require_collection, require_unit
 from app.ratelimit import limit_live
 from app.routes import schemas as s
+from app.routes.live_forms import ProbeRequest, TypographicRequest, probe_request, typographic_request
 from app.urls import API_PREFIX, request_urls
 from store import annotations
 
@@ -216,17 +216,8 @@ def probe_form(
     tags=["probe"],
     summary="Which units fire most on an image, and where (live, rate limited)",
 )
-def probe(
-    request: Request,
-    model: str = Form(..., max_length=128),
-    layer: str | None = Form(None, max_length=256),
-    top_k: int = Form(12, ge=1, le=64),
-    dataset: str | None = Form(None, max_length=128),
-    position: int | None = Form(None, ge=0, le=MAX_ID),
-    file: UploadFile | None = File(None, description="PNG, JPEG, GIF, WebP or BMP."),
-    session: Session = Depends(get_session),
-) -> Any:
-    return live.probe(request, session, model_id=model, layer=layer, top_k=top_k, upload=file, dataset=dataset, position=position)
+def probe(request: Request, form: ProbeRequest = Depends(probe_request), session: Session = Depends(get_session)) -> Any:
+    return form.run(request, session)
 
 
 # -- typographic probe -----------------------------------------------------------------------------
@@ -254,32 +245,9 @@ def typographic_form(
     tags=["probe"],
     summary="Write text on a picture: top classes before and after, the units that carried it, silenced (live, rate limited)",
 )
-def typographic_probe(
-    request: Request,
-    model: str = Form(..., max_length=128),
-    layer: str | None = Form(None, max_length=256),
-    text: str = Form("", max_length=1000, description="The attack text, 1 to 64 characters."),
-    setup: str = Form("fixed", max_length=16, description="'fixed' (the article's automated setup) or 'custom'."),
-    x: float = Form(0.5, description="custom: the text's centre, a fraction of the width (0 to 1)."),
-    y: float = Form(0.5, description="custom: the text's centre, a fraction of the height (0 to 1)."),
-    size: float = Form(0.17, description="custom: font size, a fraction of the shorter side."),
-    color: str = Form("#ffffff", max_length=32),
-    outline: str = Form("#000000", max_length=32, description="Outline colour; empty for none."),
-    rotation: float = Form(0.0, description="custom: degrees, counter-clockwise."),
-    labels: str | None = Form(None, max_length=64, description="A built-in label set (world-shapes, imagenet, ...)."),
-    custom_labels: str | None = Form(None, max_length=64_000, description="Your own labels, one a line or comma separated."),
-    silence: str = Form("", max_length=4000, description="'listed' to silence the listed units, or unit indices 1,2,3."),
-    top_k: int = Form(5, ge=1, le=20),
-    top_units: int = Form(8, ge=1, le=128),
-    dataset: str | None = Form(None, max_length=128),
-    position: int | None = Form(None, ge=0, le=MAX_ID),
-    upload_ref: str | None = Form(None, max_length=64, description="The sha256 of an upload made moments ago."),
-    file: UploadFile | None = File(None, description="PNG, JPEG, GIF, WebP or BMP."),
-    session: Session = Depends(get_session),
-) -> Any:
-    form = AttackForm(text, setup, x, y, size, color, outline, rotation, labels, custom_labels, silence, top_k, top_units)
-    return live_typographic.typographic_probe(request, session, model_id=model, layer=layer, form=form, upload=file,
-                                              dataset=dataset, position=position, upload_ref=upload_ref)
+def typographic_probe(request: Request, attack: TypographicRequest = Depends(typographic_request),
+                      session: Session = Depends(get_session)) -> Any:
+    return attack.run(request, session)
 
 
 @router.get("/typographic", response_model=s.TypographicEvalsPage, responses=E404, tags=["probe"],

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from app import auth, live, live_typographic
-from app.live_typographic import AttackForm
+from app import auth, live
 from app import pages as builders
 from app.dependencies import get_session
 from app.pages.common import DEFAULT_PER_PAGE, MAX_PER_PAGE, require_annotation, require_collection, require_unit
@@ -22,6 +21,7 @@ from app.ratelimit import limit_live
 from app.pages.unit import unit_page_and_generation, unit_view_key
 from app.rendering import render, render_anonymous, set_cookie
 from app.routes.api import relabelled
+from app.routes.live_forms import ProbeRequest, TypographicRequest, probe_request, typographic_request
 from app.urls import request_urls
 from precompute.errors import Problem
 from store import annotations, queries
@@ -145,17 +145,13 @@ def probe_page(
 
 
 @router.post("/probe", response_class=HTMLResponse)
-def probe_submit(
-    request: Request, model: str = Form(..., max_length=128), layer: str | None = Form(None, max_length=256),
-    top_k: int = Form(12, ge=1, le=64), dataset: str | None = Form(None, max_length=128),
-    position: int | None = Form(None, ge=0, le=MAX_ID), file: UploadFile | None = File(None), session: Session = Depends(get_session),
-) -> HTMLResponse:
+def probe_submit(request: Request, probe: ProbeRequest = Depends(probe_request),
+                 session: Session = Depends(get_session)) -> HTMLResponse:
     # Probing writes nothing, so it needs no login or CSRF token; it is rate limited instead.
     limit_live(request)
-    result = live.probe(request, session, model_id=model, layer=layer or None, top_k=top_k, upload=file, dataset=dataset or None,
-                        position=position)
-    form = builders.probe_form(session, request_urls(request), model_id=model, layer=result["layer"], dataset=dataset or None,
-                           limits=live.upload_limits_info(request))
+    result = probe.run(request, session)
+    form = builders.probe_form(session, request_urls(request), model_id=probe.model, layer=result["layer"],
+                               dataset=probe.dataset, limits=live.upload_limits_info(request))
     return render(request, "probe.html", form, request_urls(request).docs("probe"), session=session, result=result)
 
 
@@ -170,22 +166,12 @@ def typographic_page(
 
 
 @router.post("/probe/typographic", response_class=HTMLResponse)
-def typographic_submit(
-    request: Request, model: str = Form(..., max_length=128), layer: str | None = Form(None, max_length=256),
-    text: str = Form("", max_length=1000), setup: str = Form("fixed", max_length=16), x: float = Form(0.5),
-    y: float = Form(0.5), size: float = Form(0.17), color: str = Form("#ffffff", max_length=32),
-    outline: str = Form("#000000", max_length=32), rotation: float = Form(0.0), labels: str | None = Form(None, max_length=64),
-    custom_labels: str | None = Form(None, max_length=64_000), silence: str = Form("", max_length=4000),
-    top_k: int = Form(5, ge=1, le=20), top_units: int = Form(8, ge=1, le=128), dataset: str | None = Form(None, max_length=128),
-    position: int | None = Form(None, ge=0, le=MAX_ID), upload_ref: str | None = Form(None, max_length=64),
-    file: UploadFile | None = File(None), session: Session = Depends(get_session),
-) -> HTMLResponse:
+def typographic_submit(request: Request, attack: TypographicRequest = Depends(typographic_request),
+                       session: Session = Depends(get_session)) -> HTMLResponse:
     limit_live(request)
-    form = AttackForm(text, setup, x, y, size, color, outline, rotation, labels or None, custom_labels, silence, top_k, top_units)
-    result = live_typographic.typographic_probe(request, session, model_id=model, layer=layer or None, form=form, upload=file,
-                                                dataset=dataset or None, position=position, upload_ref=upload_ref or None)
-    page = builders.typographic_form(session, request_urls(request), model_id=model, layer=result["layer"], dataset=dataset or None,
-                                     limits=live.upload_limits_info(request))
+    result = attack.run(request, session)
+    page = builders.typographic_form(session, request_urls(request), model_id=attack.model, layer=result["layer"],
+                                     dataset=attack.dataset, limits=live.upload_limits_info(request))
     return render(request, "typographic.html", page, request_urls(request).docs("probe"), session=session, result=result)
 
 

@@ -4,6 +4,7 @@ common English words first."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.app.html import json_twin, parse
 from tests.conftest import toy_model
 from tests.world_words import (
     ENGLISH_LIST, ENGLISH_WORDS, FINAL_LAYERS, WORLD_LIST, build_world_words_store, colour_units, microscope,
+    sqlite_world_words_store,
 )
 
 pytestmark = pytest.mark.slow
@@ -32,12 +34,12 @@ COLOUR_UNITS = colour_units()
 def world_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     folder = tmp_path_factory.mktemp(f"world-words-{request.param}")
     drop = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'microscope.db'}"
-    else:
-        url, drop = _postgres_schema()
     try:
-        build_world_words_store(url, folder)
+        if request.param == "sqlite":
+            url = sqlite_world_words_store(folder)
+        else:
+            url, drop = _postgres_schema()
+            build_world_words_store(url, folder)
         _add_real_model(url)
         yield Settings(database_url=url, data_dir=folder, blob_url=str(folder / "blobs"), device="cpu")
     finally:
@@ -164,6 +166,25 @@ def test_words_page_uses_the_world_list_for_toy_models(client: TestClient, model
     english = client.get(world["word_lists"][1]["api_url"]).json()
     assert english["word_list"] == ENGLISH_LIST and english["q"] == "man" and english["model"] == model
     assert english["results"] and english["results"] != world["results"]
+
+
+@pytest.mark.parametrize("model", [*FINAL_LAYERS, REAL_MODEL])
+def test_layer_grid_and_export_read_the_list_the_unit_page_shows_first(client: TestClient, model: str) -> None:
+    """The layer's grid and its bulk export show a unit's top words from the same word list as
+    its unit page: the world's vocabulary for a toy model, common English for a real one,
+    although `common-english` sorts first by id."""
+    layer = FINAL_LAYERS.get(model, "layer4")
+    unit = next(iter(COLOUR_UNITS[model].values())) if model in FINAL_LAYERS else 0
+    first = WORLD_LIST if model in FINAL_LAYERS else ENGLISH_LIST
+    page = client.get(f"/api/v1/models/{model}/{layer}/{unit}").json()
+    assert page["words"][0]["word_list"] == first
+    words = [w["word"] for w in page["words"][0]["words"]]
+    grid = client.get(f"/api/v1/models/{model}/{layer}?page={unit // 48 + 1}").json()
+    entry = next(u for u in grid["units"] if u["index"] == unit)
+    assert entry["top_words"] == words[:3]
+    export = client.get(f"/api/v1/models/{model}/{layer}/export")
+    line = next(l for l in map(json.loads, export.text.splitlines()) if l["index"] == unit)
+    assert line["word_list"] == first and [w["word"] for w in line["words"]] == words[:10]
 
 
 def test_world_vocabulary_is_one_word_list_option_of_three(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.browser.conftest import _require_browser, shot
 from tests.server import served
-from tests.world_words import ENGLISH_LIST, FINAL_LAYERS, WORLD_LIST, build_world_words_store, cli_env, colour_units
+from tests.world_words import ENGLISH_LIST, FINAL_LAYERS, WORLD_LIST, cli_env, colour_units, sqlite_world_words_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 MODEL = "toy-rn"
@@ -26,8 +26,7 @@ COLOUR, UNIT = "red", colour_units()[MODEL]["red"]  # what figures.json records
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _require_browser()
     folder = tmp_path_factory.mktemp("world-words-site")
-    url = f"sqlite:///{folder / 'microscope.db'}"
-    build_world_words_store(url, folder)
+    url = sqlite_world_words_store(folder)
     env = cli_env(url, folder)
     with served(env, folder / "server.log") as base:
         yield base
