@@ -118,7 +118,7 @@ def measure(model_id: str, requests: int, device: str, rounds_of_eight: int = 3)
         "model": model_id, "layer": layer, "device": device, "requests": requests,
         "p50_ms": round(p50 * 1000, 1), "p90_ms": round(float(np.percentile(single, 90)) * 1000, 1),
         "eight_concurrent_ms": round(eight * 1000, 1), "eight_over_one": round(statistics.median(ratios), 2),
-        "eight_over_one_range": [round(ratios[0], 2), round(ratios[-1], 2)],
+        "eight_over_one_range": [round(ratios[0], 2), round(ratios[-1], 2)], "eight_over_p50": round(eight / p50, 2),
         "baseline_encode_two_ms": round(statistics.median(bare) * 1000, 1),
         "over_baseline": round(p50 / statistics.median(bare), 2),
     }
