@@ -1,11 +1,10 @@
 """/discover's request handling, shared by its page and its API: read the picture (upload, dataset
 image, or an upload kept from a moment ago), check the concept layer, the class name, the
 segmentation layers and the ablation, load the layers' directions and decompositions from the
-store (once per direction set), and run the picture through the model service."""
+store (once per direction set and decompositions), and run the picture through the model service."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,14 +12,14 @@ from fastapi import Request, UploadFile
 from sqlalchemy.orm import Session
 
 from app.live_typographic import KeptUploads, read_picture
-from app.pages.common import require_layer, require_model
+from app.pages.common import require_model
 from app.pages.discover import discover_result
 from app.pages.typographic import default_label_set
 from app.urls import request_urls
 from precompute.errors import Problem
 from store import queries
 from store.blobs import BlobStore
-from store.directions import direction_set_row, load_layer_directions
+from store.directions import latest_direction_sets, load_layer_directions
 
 MAX_ABLATED = 512
 MAX_CLASS_CHARS = 64
@@ -39,24 +38,32 @@ class DiscoverForm:
 
 
 class _Knowledge:
-    """LayerKnowledge per (layer, direction blob), built once: directions, means, thresholds and
-    the layer's decompositions as a dense matrix."""
+    """LayerKnowledge per (layer, direction blob, decompositions), built once: directions, means,
+    thresholds and the layer's decompositions as a dense matrix. The direction blob is content
+    addressed and the decompositions are keyed by their fingerprint, so a new job result is a new
+    entry and a request never reads the layer's blob or terms again while they stand."""
 
-    def __init__(self) -> None:
-        self._items: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
+    def __init__(self, max_entries: int = 32) -> None:
+        from app.cache import TTLCache
 
-    def get(self, session: Session, blobs: BlobStore, layer: dict[str, Any], with_terms: bool) -> Any:
-        from precompute.discovery import LayerKnowledge, dense_coefficients
+        self._items = TTLCache(None, max_entries)
 
-        row = direction_set_row(session, layer["id"])
+    def get(self, session: Session, blobs: BlobStore, layer: dict[str, Any], row: Any, with_terms: bool,
+            fingerprint: Any = None) -> Any:
+        """`row`: the layer's latest direction set (None: refused); `fingerprint`: its
+        decompositions' (store.queries.decomposition_fingerprints), when `with_terms`."""
         if row is None:
             raise Problem(422, "no-directions", f"{layer['name']} has no stored directions; run `microscope precompute "
                           "directions` for it first")
-        key = (layer["id"], row.blob_uri, with_terms)
-        with self._lock:
-            if key in self._items:
-                return self._items[key]
+        if with_terms and fingerprint is None:
+            raise _no_decompositions(layer)
+        key = (layer["id"], row.blob_uri, with_terms, fingerprint if with_terms else None)
+        return self._items.get(key, lambda: self._load(session, blobs, layer, row, with_terms))
+
+    @staticmethod
+    def _load(session: Session, blobs: BlobStore, layer: dict[str, Any], row: Any, with_terms: bool) -> Any:
+        from precompute.discovery import LayerKnowledge, dense_coefficients
+
         value = load_layer_directions(session, blobs, layer["id"], row.dataset_id)
         texts: tuple[str, ...] = ()
         coefficients = None
@@ -65,15 +72,25 @@ class _Knowledge:
             for unit, text, coefficient in queries.layer_decompositions(session, layer["id"]):
                 terms.setdefault(int(unit), []).append((text, float(coefficient)))
             if not terms:
-                raise Problem(422, "no-decompositions", f"{layer['name']} has no decompositions; run `microscope precompute "
-                              "decompose` for it first")
+                raise _no_decompositions(layer)
             texts = tuple(sorted({text for pairs in terms.values() for text, _ in pairs}))
             coefficients = dense_coefficients(value.units, texts, terms)
-        knowledge = LayerKnowledge(layer["name"], value.units, value.directions, value.mean_effects, value.thresholds,
-                                   texts, coefficients)
-        with self._lock:
-            self._items[key] = knowledge
-        return knowledge
+        return LayerKnowledge(layer["name"], value.units, value.directions, value.mean_effects, value.thresholds,
+                              texts, coefficients)
+
+
+def _no_decompositions(layer: dict[str, Any]) -> Problem:
+    return Problem(422, "no-decompositions", f"{layer['name']} has no decompositions; run `microscope precompute "
+                   "decompose` for it first")
+
+
+def _require_listed_layer(model_id: str, by_name: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """require_layer over the model's layers already read (the same 404 and reason)."""
+    layer = by_name.get(name)
+    if layer is None:
+        known = ", ".join(list(by_name)[:12])
+        raise Problem(404, "unknown-layer", f"Model {model_id!r} has no layer {name!r}. Layers include: {known}.")
+    return layer
 
 
 def _state(request: Request, name: str, factory):
@@ -103,8 +120,9 @@ def _family(arch: str, layers: list[dict[str, Any]]) -> tuple[str, int]:
     return ("vit", max(blocks) + 1) if blocks else ("resnet", 0)
 
 
-def stored_direction_layers(session: Session, layers: list[dict[str, Any]]) -> list[str]:
-    return [l["name"] for l in layers if direction_set_row(session, l["id"]) is not None]
+def direction_sets(session: Session, layers: list[dict[str, Any]]) -> dict[int, Any]:
+    """Each layer's latest direction set, by layer id (one statement for the model's layers)."""
+    return latest_direction_sets(session, [l["id"] for l in layers])
 
 
 def prepare(request: Request, session: Session, model_id: str, form: DiscoverForm) -> tuple[Any, dict[str, Any]]:
@@ -117,7 +135,8 @@ def prepare(request: Request, session: Session, model_id: str, form: DiscoverFor
     by_name = {l["name"]: l for l in layers}
     family, depth = _family(model["arch"], layers)
     check_layer_set(family, form.seg_layers)  # a form mistake, said before what the store lacks
-    stored = stored_direction_layers(session, layers)
+    rows = direction_sets(session, layers)
+    stored = [l["name"] for l in layers if l["id"] in rows]
     blobs: BlobStore = request.app.state.blobs
     knowledge: _Knowledge = _state(request, "discover_knowledge", _Knowledge)
 
@@ -127,8 +146,9 @@ def prepare(request: Request, session: Session, model_id: str, form: DiscoverFor
     if concept_layer is None:
         raise Problem(422, "no-directions", f"no layer of {model_id} has stored directions; run `microscope precompute "
                       "directions` and `microscope precompute decompose` first")
-    require_layer(session, model_id, concept_layer)
-    concepts = knowledge.get(session, blobs, by_name[concept_layer], True)
+    concept = _require_listed_layer(model_id, by_name, concept_layer)
+    fingerprint = queries.decomposition_fingerprints(session, [concept["id"]]).get(concept["id"])
+    concepts = knowledge.get(session, blobs, concept, rows.get(concept["id"]), True, fingerprint)
 
     class_name = None
     seg = ()
@@ -146,7 +166,7 @@ def prepare(request: Request, session: Session, model_id: str, form: DiscoverFor
                 raise Problem(404, "unknown-layer", f"Model {model_id!r} has no layer {name!r}.")
             if not (layer.get("spatial_h") or layer.get("spatial")):
                 raise Problem(422, "layer-not-spatial", f"{name} has no spatial map to segment with")
-        seg = tuple(knowledge.get(session, blobs, by_name[name], False) for name in names)
+        seg = tuple(knowledge.get(session, blobs, by_name[name], rows.get(by_name[name]["id"]), False) for name in names)
         if family == "vit":
             # a ViT's segmentation layers must be MLP layers of this tower
             bad = [name for name in names if not name.endswith(".mlp")]
@@ -161,7 +181,7 @@ def prepare(request: Request, session: Session, model_id: str, form: DiscoverFor
     if form.ablate_mode not in ABLATION_MODES:
         raise Problem(422, "bad-ablation-mode", f"ablation mode is one of {', '.join(ABLATION_MODES)}")
     if units:
-        layer = require_layer(session, model_id, ablate_layer)
+        layer = _require_listed_layer(model_id, by_name, ablate_layer)
         if units[-1] >= int(layer["units"]):
             raise Problem(422, "unknown-unit", f"{ablate_layer} has units 0 to {int(layer['units']) - 1}; there is no "
                           f"unit {units[-1]}")
@@ -218,14 +238,17 @@ def cues(request: Request, session: Session, *, model_id: str, source: str, targ
         raise Problem(422, "bad-top", "top is between 1 and 50 words")
     all_layers = queries.layers_of(session, [model_id]).get(model_id, [])
     by_name = {l["name"]: l for l in all_layers}
-    stored = stored_direction_layers(session, all_layers)
+    rows = direction_sets(session, all_layers)
+    stored = [l["name"] for l in all_layers if l["id"] in rows]
     names = [part.strip() for part in (layers or "").split(",") if part.strip()] or stored
     for name in names:
         if name not in by_name:
             raise Problem(404, "unknown-layer", f"Model {model_id!r} has no layer {name!r}.")
     knowledge: _Knowledge = _state(request, "discover_knowledge", _Knowledge)
     blobs: BlobStore = request.app.state.blobs
-    known = [knowledge.get(session, blobs, by_name[name], True) for name in names]
+    fingerprints = queries.decomposition_fingerprints(session, [by_name[name]["id"] for name in names])
+    known = [knowledge.get(session, blobs, by_name[name], rows.get(by_name[name]["id"]), True,
+                           fingerprints.get(by_name[name]["id"])) for name in names]
     texts = sorted({t for k in known for t in k.texts})
     known = [_reindexed(k, texts) for k in known]
     labels = label_set(default_label_set(model["arch"]))

@@ -208,7 +208,9 @@ def _model_input_png(tensor: Any, cfg: dict[str, Any]) -> bytes:
     pixels = tensor.detach().cpu().float().numpy() * std + mean
     array = np.clip(np.rint(pixels.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
     out = io.BytesIO()
-    Image.fromarray(array).save(out, format="PNG", optimize=True)
+    # Fast compression: the picture is small and goes inline into one answer, where encoding
+    # time is latency and a few kilobytes more are not.
+    Image.fromarray(array).save(out, format="PNG", compress_level=1)
     return out.getvalue()
 
 
@@ -303,17 +305,27 @@ def _typographic(loaded: Any, layer_name: str | None, works: list[_Work]) -> lis
 
 
 class _LazyTextFeatures:
-    """The service's cache of class text embeddings (precompute.zeroshot), made on first use."""
+    """The service's caches of text embeddings (precompute.zeroshot), made on first use: class
+    embeddings per label set, and, apart so that they never evict a label set, the single texts
+    a live request encodes again and again (a class name to segment)."""
 
     def __init__(self) -> None:
-        self._cache: Any = None
+        self._sets: Any = None
+        self._texts: Any = None
 
-    def get(self, loaded: Any, labels: Any) -> Any:
-        if self._cache is None:
+    def _made(self) -> None:
+        if self._sets is None:
             from precompute.zeroshot import TextFeatureCache
 
-            self._cache = TextFeatureCache()
-        return self._cache.get(loaded, labels)
+            self._sets, self._texts = TextFeatureCache(), TextFeatureCache(256)
+
+    def get(self, loaded: Any, labels: Any) -> Any:
+        self._made()
+        return self._sets.get(loaded, labels)
+
+    def get_keyed(self, loaded: Any, name: Any, build: Any) -> Any:
+        self._made()
+        return self._texts.get_keyed(loaded, name, build)
 
 
 _TEXT_FEATURES = _LazyTextFeatures()

@@ -136,6 +136,10 @@ def _model_loader(app: FastAPI, settings: Settings) -> Any:
     def load(model_id: str) -> Any:
         from store.loading import load_registered
 
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         with app.state.sessionmaker() as session:
             return load_registered(session, model_id, device=settings.resolved_device())
 

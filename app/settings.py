@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     live_rate_limit: str = Field("30/minute", description="Per-client limit, in `limits` notation: '30/minute', '5/second'.")
     rate_limit_storage: str = Field("memory://", description="Where rate-limit counters live: memory:// or redis://host:port.")
     model_queue_size: int = Field(16, ge=1, description="Live requests waiting for the model service before 503.")
+    # On a small CPU box, one torch thread leaves the other cores to the web threads (parsing
+    # uploads, building answers) while the model runs, and never spins waiting for a core that
+    # another process holds; torch's default takes every core.
+    torch_threads: int = Field(0, ge=0, description="CPU threads of the model service's torch; 0: torch's default.")
     # How long a server process may reuse what the precompute jobs wrote about a unit (its page's
     # visualizations, examples, words, neighbours) and the page rendered from it before reading
     # them again; 0 turns it off. A job's commit is seen at once by every server process (see

@@ -588,6 +588,14 @@ def class_embedding(loaded: LoadedModel, name: str) -> torch.Tensor:
     return zeroshot._prompt_means(loaded, (name,), templates)[0].float().cpu()  # noqa: SLF001
 
 
+def _class_embedding(loaded: LoadedModel, name: str, cache=None) -> torch.Tensor:
+    """class_embedding, kept in `cache` (a precompute.zeroshot.TextFeatureCache) when one is given:
+    a real CLIP's class name is the mean of 80 prompts through the text tower."""
+    if cache is None:
+        return class_embedding(loaded, name)
+    return cache.get_keyed(loaded, ("class-embedding", (name or "").strip()), lambda: class_embedding(loaded, name))
+
+
 def heat_png(heat: np.ndarray, mask: np.ndarray | None = None) -> bytes:
     """A heat map (and optionally its mask's outline) as an RGBA PNG to lay over the picture."""
     import io
@@ -661,7 +669,7 @@ def analyse(loaded: LoadedModel, images: Sequence, requests: Sequence[DiscoverRe
         classes = cache.get(loaded, request.labels) if cache is not None else class_features(loaded, request.labels)
         neurons = []
         if request.class_name is not None and request.segmentation:
-            neurons = aligned_neurons(request.segmentation, class_embedding(loaded, request.class_name),
+            neurons = aligned_neurons(request.segmentation, _class_embedding(loaded, request.class_name, cache),
                                       request.segmentation_neurons)
         map_layers = list(dict.fromkeys(layer for layer, _, _ in neurons))
         effect_layers = [request.concepts.layer] if request.concepts is not None else []

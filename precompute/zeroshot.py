@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -148,17 +149,22 @@ class TextFeatureCache:
         self.builds = 0
 
     @staticmethod
-    def key(loaded: LoadedModel, labels: LabelSet) -> tuple:
+    def key(loaded: LoadedModel, labels: LabelSet | Hashable) -> tuple:
         weights = loaded.checkpoint_sha256 or loaded.pretrained_tag or loaded.source
-        return (loaded.model_id, loaded.spec.name, weights, id(loaded.model), labels.id)
+        return (loaded.model_id, loaded.spec.name, weights, id(loaded.model), getattr(labels, "id", labels))
 
     def get(self, loaded: LoadedModel, labels: LabelSet) -> torch.Tensor:
-        key = self.key(loaded, labels)
+        return self.get_keyed(loaded, labels.id, lambda: _build(loaded, labels))
+
+    def get_keyed(self, loaded: LoadedModel, name: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Any text embedding of `loaded` under `name` (a label set's id, or a tuple naming what
+        `build` encodes), built once."""
+        key = self.key(loaded, name)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        features = _build(loaded, labels)
+        features = build()
         with self._lock:
             self.builds += 1
             self._items[key] = features

@@ -10,6 +10,7 @@ one blob read; the `direction_sets` row names the blob and says which paths the 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +102,18 @@ def direction_set_row(session: Session, layer_id: int, dataset_id: str | None = 
         stmt = stmt.where(DirectionSet.dataset_id == dataset_id)
     stmt = stmt.order_by(DirectionSet.created_at.desc(), DirectionSet.id.desc()).limit(1)
     return session.execute(stmt).scalar_one_or_none()
+
+
+def latest_direction_sets(session: Session, layer_ids: Sequence[int]) -> dict[int, DirectionSet]:
+    """`direction_set_row(session, layer_id)` of every listed layer that has one, in one statement."""
+    if not layer_ids:
+        return {}
+    stmt = (select(DirectionSet).where(DirectionSet.layer_id.in_(list(layer_ids)))
+            .order_by(DirectionSet.layer_id, DirectionSet.created_at.desc(), DirectionSet.id.desc()))
+    out: dict[int, DirectionSet] = {}
+    for row in session.execute(stmt).scalars():
+        out.setdefault(row.layer_id, row)
+    return out
 
 
 def load_layer_directions(

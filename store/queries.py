@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import and_, bindparam, case, func, literal, literal_column, select, union_all
+from sqlalchemy import and_, bindparam, case, func, literal, literal_column, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from precompute.words import trained_on_world
@@ -482,6 +482,31 @@ def layer_decompositions(session: Session, layer_id: int) -> list[tuple[int, str
         .where(Unit.layer_id == layer_id)
     )
     return [tuple(row) for row in session.execute(stmt).all()]  # type: ignore[misc]
+
+
+def decomposition_fingerprints(session: Session, layer_ids: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+    """Per layer with decompositions: (terms, largest row id, sum of coefficients), which any
+    rewrite of the layer's decompositions changes; a cache of them is keyed by it."""
+    if not layer_ids:
+        return {}
+    stmt = (
+        select(Unit.layer_id, func.count(Decomposition.id), func.max(Decomposition.id), func.sum(Decomposition.coefficient))
+        .join(Decomposition, Decomposition.unit_id == Unit.id)
+        .where(Unit.layer_id.in_(list(layer_ids)))
+        .group_by(Unit.layer_id)
+    )
+    return {int(layer_id): (int(count), int(last), float(total)) for layer_id, count, last, total in session.execute(stmt).all()}
+
+
+def units_by_layer_index(session: Session, model_id: str, wanted: dict[str, Iterable[int]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(layer name, unit index) -> {id, index, label} of the listed units of a model's layers, in one statement."""
+    clauses = [and_(Layer.name == name, Unit.index.in_(sorted(set(indices)))) for name, indices in wanted.items() if indices]
+    if not clauses:
+        return {}
+    stmt = (select(Unit.id, Unit.index, Unit.label, Layer.name.label("layer"))
+            .join(Layer, Layer.id == Unit.layer_id)
+            .where(Layer.model_id == model_id, or_(*clauses)))
+    return {(row.pop("layer"), row["index"]): row for row in _rows(session, stmt)}
 
 
 def word_embeddings(session: Session, model_id: str | None = None, layer_id: int | None = None) -> list[dict[str, Any]]:

@@ -25,12 +25,13 @@ def discover_form(
     page: int = 1, per_page: int = 24, limits: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What /discover offers: models, their layers with directions, dataset images, label sets."""
-    from store.directions import direction_set_row
+    from store.directions import latest_direction_sets
 
     form, arch = labelled_probe_form(session, urls, Urls.discover, model_id=model_id, layer=layer, dataset=dataset,
                                      page=page, per_page=per_page, limits=limits)
     layers = queries.layers_of(session, [form["model"]]).get(form["model"], []) if form["model"] else []
-    stored = [l["name"] for l in layers if direction_set_row(session, l["id"]) is not None]
+    rows = latest_direction_sets(session, [l["id"] for l in layers])
+    stored = [l["name"] for l in layers if l["id"] in rows]
     form.update(
         layer=layer if layer else (stored[-1] if stored else form["layer"]),
         direction_layers=stored,
@@ -40,25 +41,27 @@ def discover_form(
 
 
 class _Units:
-    """Thumbnails, labels and links of the units a result names, looked up once per layer."""
+    """Thumbnails, labels and links of the units a result names: every wanted unit is looked up
+    in one pass (one statement for ids and labels, one for thumbnails) on the first entry asked for."""
 
     def __init__(self, session: Session, urls: Urls, model_id: str) -> None:
         self.session, self.urls, self.model_id = session, urls, model_id
-        self._layers: dict[str, dict[int, dict[str, Any]]] = {}
+        self._wanted: dict[str, set[int]] = {}
+        self._known: dict[tuple[str, int], dict[str, Any]] | None = None
 
     def want(self, layer: str, indices) -> None:
-        row = queries.layer_row(self.session, self.model_id, layer)
-        if row is None:
-            self._layers[layer] = {}
-            return
-        ids = queries.unit_ids_by_index(self.session, row["id"], sorted(set(indices)))
-        thumbs = unit_thumbnails(self.session, self.urls, [r["id"] for r in ids.values()])
-        known = self._layers.setdefault(layer, {})
-        for index, r in ids.items():
-            known[index] = {"label": r["label"], **thumbs.get(r["id"], NO_THUMBNAIL)}
+        self._wanted.setdefault(layer, set()).update(int(i) for i in indices)
+        self._known = None
+
+    def _resolve(self) -> dict[tuple[str, int], dict[str, Any]]:
+        if self._known is None:
+            rows = queries.units_by_layer_index(self.session, self.model_id, self._wanted)
+            thumbs = unit_thumbnails(self.session, self.urls, [r["id"] for r in rows.values()])
+            self._known = {key: {"label": r["label"], **thumbs.get(r["id"], NO_THUMBNAIL)} for key, r in rows.items()}
+        return self._known
 
     def entry(self, layer: str, index: int) -> dict[str, Any]:
-        info = self._layers.get(layer, {}).get(index, {"label": None, **NO_THUMBNAIL})
+        info = self._resolve().get((layer, index), {"label": None, **NO_THUMBNAIL})
         return {"layer": layer, "unit": index, "index": index, **info, **self.urls.unit_links(self.model_id, layer, index)}
 
 
