@@ -745,6 +745,7 @@ from cli import text as _text  # noqa: E402
 
 app.add_typer(_text.textpools_app, name="textpools")
 precompute_app.command("decompose")(_text.precompute_decompose)
+precompute_app.command("maxtext")(_text.precompute_maxtext)
 
 
 def main() -> None:

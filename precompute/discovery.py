@@ -496,7 +496,9 @@ def maximal_texts(loaded: LoadedModel, directions: torch.Tensor | np.ndarray, *,
     `pool_tokens`), each followed by copies of the best (the best by the second best), the best
     of those kept. Each step takes the gradient of the score with respect to the one-hot tokens,
     proposes at every position the `candidates` tokens with the largest first-order gain, scores
-    all proposals exactly and keeps the best if it improves; a neuron stops when nothing does."""
+    all proposals exactly and keeps the best if it improves; a neuron stops when nothing does.
+    Each neuron's result is the best text scored: the climbed sequence, or its best single
+    token where no sequence of `length` tokens reaches that."""
     r = F.normalize(torch.as_tensor(np.asarray(directions), dtype=torch.float32).reshape(len(directions), -1), dim=1)
     n = len(r)
     if n == 0:
@@ -551,9 +553,12 @@ def maximal_texts(loaded: LoadedModel, directions: torch.Tensor | np.ndarray, *,
             active[index[~improved]] = False
         out = []
         for i in range(n):
-            tokens = tuple(int(t) for t in current[i])
-            out.append(MaximalText(tokens, _decode(loaded, tokens), float(score[i]), _decode(loaded, [int(best_single[i, 0])]),
-                                   float(singles[order[i, 0], i]), int(taken[i])))
+            start_token, start_score = int(best_single[i, 0]), float(singles[order[i, 0], i])
+            # The best text seen: a single word can beat every sequence of `length` tokens.
+            tokens = tuple(int(t) for t in current[i]) if float(score[i]) >= start_score else (start_token,)
+            best = max(float(score[i]), start_score)
+            out.append(MaximalText(tokens, _decode(loaded, tokens), best, _decode(loaded, [start_token]), start_score,
+                                   int(taken[i])))
         return out
     finally:
         for p, flag in zip(model.parameters(), requires):
