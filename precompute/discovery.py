@@ -499,10 +499,10 @@ def maximal_texts(loaded: LoadedModel, directions: torch.Tensor | np.ndarray, *,
     all proposals exactly and keeps the best if it improves; a neuron stops when nothing does.
     Each neuron's result is the best text scored: the climbed sequence, or its best single
     token where no sequence of `length` tokens reaches that."""
+    if len(directions) == 0:
+        return []
     r = F.normalize(torch.as_tensor(np.asarray(directions), dtype=torch.float32).reshape(len(directions), -1), dim=1)
     n = len(r)
-    if n == 0:
-        return []
     model = loaded.model
     was_training = model.training
     model.eval()
