@@ -127,7 +127,7 @@ def precompute_maxtext(
     steps: Annotated[int, typer.Option(help="Hill-climbing steps at most.")] = 20,
     candidates: Annotated[int, typer.Option(help="Tokens proposed per position and step (by the embedding gradient).")] = 16,
     starts: Annotated[int, typer.Option(help="Best single words the climb starts from.")] = 4,
-    limit: Annotated[Optional[int], typer.Option(help="Only the layer's first N units with a direction.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N units of the layer's direction set.")] = None,
     units_per_batch: Annotated[int, typer.Option(help="Units that climb (and are committed) together.")] = 128,
     shards: Annotated[int, typer.Option(help="Contiguous shards of the units (one job each).")] = 1,
     engine: Annotated[str, typer.Option(help="local (in this process) or ray (shards as Ray tasks).")] = "local",
