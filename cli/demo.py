@@ -17,7 +17,7 @@ DEMO_ATTACK_POOL = ("love", "pizza", "sale", "red", "one")  # words the attack s
 
 
 def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS,
-               featureviz_steps: int | None = None) -> Iterator[str]:
+               featureviz_steps: int | None = None, maxtext_units: int | None = None) -> Iterator[str]:
     """Each step is idempotent and resumable, so running the demo again only fills gaps."""
     from store import migrations
     from store.blobs import BlobStore
@@ -34,6 +34,7 @@ def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS,
     from workers.decompose_job import decompose_layers
     from workers.directions_job import demo_layers, run_demo_directions
     from workers.featureviz_job import DEMO_STEPS, render_demo
+    from workers.maxtext_job import maxtext_layers
     from workers.typographic_job import TypographicRequest, run_typographic
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +85,10 @@ def build_demo(settings: Settings, images: int, words: int = DEMO_WORDS,
     yield from run_demo_directions(store, loaded_models, DEMO_DATASET, device=device, show_progress=False)
     yield from decompose_layers(store, {arch: demo_layers(loaded) for arch, loaded in loaded_models.items()},
                                 loaded=loaded_models, device=device, show_progress=False)
+    # Each final layer's maximal texts (the unit pages' text feature visualization); all units
+    # unless `maxtext_units` names how many.
+    yield from maxtext_layers(store, {arch: [loaded.spec.final_layer.name] for arch, loaded in loaded_models.items()},
+                              loaded=loaded_models, limit=maxtext_units, device=device, show_progress=False)
 
     # Typographic attacks on held-out pictures of single objects, in the article's automated setup.
     held_out = settings.data_dir / "datasets" / f"world-objects-held-out-seed{DEMO_HELD_OUT_SEED}"

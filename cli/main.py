@@ -378,6 +378,7 @@ def demo(
     words: Annotated[int, typer.Option(help="How many common English words to raster.")] = 10_000,
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the result when done.")] = True,
     featureviz_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps of each feature visualization (default: the demo's 96).")] = None,
+    maxtext_units: Annotated[Optional[int], typer.Option(help="Units of each final layer given a maximal text (default: all).")] = None,
 ) -> None:
     """Build everything for the embedded toy models on a generated dataset, then serve it."""
     from cli.demo import build_demo
@@ -388,7 +389,9 @@ def demo(
         _fail("--words must be at least 1")
     if featureviz_steps is not None and featureviz_steps < 1:
         _fail("--featureviz-steps must be at least 1")
-    for line in build_demo(get_settings(), images, words, featureviz_steps):
+    if maxtext_units is not None and maxtext_units < 1:
+        _fail("--maxtext-units must be at least 1")
+    for line in build_demo(get_settings(), images, words, featureviz_steps, maxtext_units):
         typer.echo(line)
     if serve_after:
         serve()
@@ -745,6 +748,7 @@ from cli import text as _text  # noqa: E402
 
 app.add_typer(_text.textpools_app, name="textpools")
 precompute_app.command("decompose")(_text.precompute_decompose)
+precompute_app.command("maxtext")(_text.precompute_maxtext)
 
 
 def main() -> None:

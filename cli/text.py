@@ -1,4 +1,5 @@
-"""The text side's commands: `microscope textpools ...` and `microscope precompute decompose`.
+"""The text side's commands: `microscope textpools ...`, `microscope precompute decompose` and
+`microscope precompute maxtext`.
 
 Kept beside cli/main.py, which mounts them, so the text side's options live in one place.
 """
@@ -113,6 +114,43 @@ def precompute_decompose(
                                ray_address=ray_address, restart=restart, device=settings.resolved_device())
     try:
         summary = run_decompose(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
+    except MicroscopeError as error:
+        _fail(str(error))
+    typer.echo(json.dumps(summary))
+
+
+def precompute_maxtext(
+    model: Annotated[str, typer.Argument(help="A registered model id.")],
+    layer: Annotated[str, typer.Argument(help="A layer with neuron directions (`microscope precompute directions`).")],
+    dataset: Annotated[Optional[str], typer.Option(help="Whose directions (default: the layer's most recent set).")] = None,
+    length: Annotated[int, typer.Option(help="Tokens per text.")] = 3,
+    steps: Annotated[int, typer.Option(help="Hill-climbing steps at most.")] = 20,
+    candidates: Annotated[int, typer.Option(help="Tokens proposed per position and step (by the embedding gradient).")] = 16,
+    starts: Annotated[int, typer.Option(help="Best single words the climb starts from.")] = 4,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N units of the layer's direction set.")] = None,
+    units_per_batch: Annotated[int, typer.Option(help="Units that climb (and are committed) together.")] = 128,
+    shards: Annotated[int, typer.Option(help="Contiguous shards of the units (one job each).")] = 1,
+    engine: Annotated[str, typer.Option(help="local (in this process) or ray (shards as Ray tasks).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
+    restart: Annotated[bool, typer.Option(help="Discard earlier progress and recompute.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: settings).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Each unit's maximal text: the short token sequence whose text embedding has the largest
+    dot product with the unit's direction (hill climbing from the best single words, proposals
+    by the embedding gradient), shown on the unit page as its text feature visualization."""
+    from workers.engines import StoreConfig
+    from workers.maxtext_job import MaxTextRequest, run_maxtext
+
+    settings = get_settings()
+    if device:
+        settings = settings.model_copy(update={"device": device})
+    request = MaxTextRequest(model_id=model, layer=layer, dataset_id=dataset, length=length, steps=steps,
+                             candidates=candidates, starts=starts, limit=limit, units_per_batch=units_per_batch,
+                             shards=shards, engine=engine, ray_address=ray_address, restart=restart,
+                             device=settings.resolved_device())
+    try:
+        summary = run_maxtext(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)
     except MicroscopeError as error:
         _fail(str(error))
     typer.echo(json.dumps(summary))

@@ -381,9 +381,13 @@ class MaximalText:
     tokens: tuple[int, ...]
     text: str
     score: float  # <e(text), r_n>, e unit length
-    start_text: str
+    start_text: str  # the best single token (word) of the starting set
     start_score: float
     steps: int
+
+
+MAXIMAL_TEXT_DEFAULTS = {"length": 3, "steps": 20, "candidates": 16, "starts": 4}
+GRADIENT_ELEMENTS = 1 << 24  # per backward pass, of the [B, length, vocab] token gradient (CLIP's BPE has 49,408 tokens)
 
 
 def _special_ids(loaded: LoadedModel) -> tuple[int, int, int]:
@@ -420,104 +424,183 @@ def _decode(loaded: LoadedModel, tokens: Sequence[int]) -> str:
     return inner.decode(list(tokens)).strip() if hasattr(inner, "decode") else " ".join(map(str, tokens))
 
 
+def _context(loaded: LoadedModel) -> int:
+    model = loaded.model
+    return int(model.positional_embedding.shape[0]) if hasattr(model, "positional_embedding") else 77
+
+
+def _causal_prefix(loaded: LoadedModel) -> bool:
+    """Whether the text tower reads a sequence's embedding from its end token through a causal
+    mask: then the padding after the end token changes nothing, and the tower can run on the
+    sequence alone (start, tokens, end), several times cheaper than the whole context."""
+    model = loaded.model
+    return (all(hasattr(model, name) for name in ("token_embedding", "positional_embedding", "transformer", "ln_final"))
+            and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+
+
 def _sequence_ids(loaded: LoadedModel, sequences: torch.Tensor) -> torch.Tensor:
-    """[B, context] token ids: start, the sequence, end, padding."""
+    """[B, width] token ids: start, the sequence, end, then padding to the context (only where
+    the tower needs the whole context, see `_causal_prefix`)."""
     start, end, pad = _special_ids(loaded)
-    context = int(loaded.model.positional_embedding.shape[0]) if hasattr(loaded.model, "positional_embedding") else 77
     batch, length = sequences.shape
-    out = torch.full((batch, context), pad, dtype=torch.long)
+    width = length + 2 if _causal_prefix(loaded) else _context(loaded)
+    out = torch.full((batch, width), pad, dtype=torch.long)
     out[:, 0] = start
     out[:, 1:1 + length] = sequences
     out[:, 1 + length] = end
     return out
 
 
-def _text_scores(loaded: LoadedModel, ids: torch.Tensor, direction: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    scores = []
+def _encode(loaded: LoadedModel, ids: torch.Tensor, token_vectors: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit-length text embeddings [B, d] of token ids [B, width]: open_clip's `encode_text`,
+    on a prefix of the context where the tower is causal (`_causal_prefix`). `token_vectors`
+    [B, width, w], when given, stand in for the token embeddings (to take gradients on)."""
+    model = loaded.model
+    if not _causal_prefix(loaded):
+        if token_vectors is not None:
+            handle = model.token_embedding.register_forward_hook(lambda _m, _i, _o: token_vectors)
+            try:
+                return F.normalize(model.encode_text(ids).float(), dim=-1)
+            finally:
+                handle.remove()
+        return F.normalize(model.encode_text(ids).float(), dim=-1)
+    from open_clip.transformer import text_global_pool
+
+    width = ids.shape[1]
+    cast = model.transformer.get_cast_dtype()
+    x = (model.token_embedding(ids) if token_vectors is None else token_vectors).to(cast)
+    x = x + model.positional_embedding[:width].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:width, :width])
+    x = model.ln_final(x)
+    x = text_global_pool(x, ids, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+    return F.normalize(x.float(), dim=-1)
+
+
+def _scores(loaded: LoadedModel, sequences: torch.Tensor, directions: torch.Tensor, batch: int) -> torch.Tensor:
+    """<e(sequence_i), directions_i> for token sequences [B, length] and directions [B, d]."""
+    out = []
     with torch.inference_mode():
-        for begin in range(0, len(ids), batch):
-            e = F.normalize(loaded.model.encode_text(ids[begin:begin + batch].to(loaded.device)).float(), dim=-1)
-            scores.append((e @ direction.to(e.device)).cpu())
-    return torch.cat(scores)
+        for begin in range(0, len(sequences), batch):
+            ids = _sequence_ids(loaded, sequences[begin:begin + batch]).to(loaded.device)
+            e = _encode(loaded, ids)
+            out.append((e * directions[begin:begin + batch].to(e.device)).sum(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
 
 
-def _token_gradient(loaded: LoadedModel, ids: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """d score / d one-hot token [context, vocab] of one sequence (the embedding gradient)."""
-    embedding = loaded.model.token_embedding
-    weight = embedding.weight.detach()
-    one_hot = F.one_hot(ids[0].to(weight.device), weight.shape[0]).to(weight.dtype).requires_grad_(True)
-
-    def replace(_m, _i, _o):
-        return (one_hot @ weight)[None]
-
-    handle = embedding.register_forward_hook(replace)
-    try:
+def _proposal_tokens(loaded: LoadedModel, sequences: torch.Tensor, directions: torch.Tensor, allowed: torch.Tensor,
+                     candidates: int, batch: int) -> torch.Tensor:
+    """[B, length, candidates]: at each position, the allowed tokens with the largest first-order
+    gain of <e(sequence_i), directions_i>, from the gradient with respect to the one-hot tokens
+    (the embedding gradient). With one-hot tokens h the token vectors are h W, so that gradient
+    is g W^T, g the gradient at the token vectors: no [B, width, vocab] one-hot tensor is built."""
+    weight = loaded.model.token_embedding.weight.detach()
+    length = sequences.shape[1]
+    out = []
+    for begin in range(0, len(sequences), batch):
+        now = sequences[begin:begin + batch]
+        ids = _sequence_ids(loaded, now).to(weight.device)
+        vectors = F.embedding(ids, weight).requires_grad_(True)
         with torch.enable_grad():
-            e = F.normalize(loaded.model.encode_text(ids.to(weight.device)).float(), dim=-1)
-            (e[0] @ direction.to(e.device)).backward()
+            e = _encode(loaded, ids, vectors)
+            (e * directions[begin:begin + batch].to(e.device)).sum().backward()
+        grad = (vectors.grad[:, 1:1 + length] @ weight.T).cpu()  # [b, length, vocab]
+        gain = grad - grad.gather(2, now[:, :, None])
+        gain[:, :, ~allowed] = -torch.inf
+        out.append(gain.topk(candidates, dim=2).indices)
+    return torch.cat(out)
+
+
+def maximal_texts(loaded: LoadedModel, directions: torch.Tensor | np.ndarray, *, pool_tokens: torch.Tensor | None = None,
+                  length: int = 3, steps: int = 20, candidates: int = 16, starts: int = 4,
+                  batch: int = 4096) -> list[MaximalText]:
+    """Hill climbing over token sequences of `length` tokens toward <e(text), r_n>, for every
+    direction r_n of `directions` [N, d] at once: each step runs all neurons' proposals through
+    the text tower together (`batch` sequences a pass).
+
+    Per neuron: starts from the `starts` best single tokens (of the vocabulary, or of
+    `pool_tokens`), each followed by copies of the best (the best by the second best), the best
+    of those kept. Each step takes the gradient of the score with respect to the one-hot tokens,
+    proposes at every position the `candidates` tokens with the largest first-order gain, scores
+    all proposals exactly and keeps the best if it improves; a neuron stops when nothing does.
+    Each neuron's result is the best text scored: the climbed sequence, or its best single
+    token where no sequence of `length` tokens reaches that."""
+    if len(directions) == 0:
+        return []
+    r = F.normalize(torch.as_tensor(np.asarray(directions), dtype=torch.float32).reshape(len(directions), -1), dim=1)
+    n = len(r)
+    model = loaded.model
+    was_training = model.training
+    model.eval()
+    requires = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        vocabulary = _vocabulary_ids(loaded) if pool_tokens is None else pool_tokens.unique()
+        starts = max(1, min(starts, len(vocabulary)))
+        with torch.inference_mode():  # every single token's embedding, once for all neurons
+            ids = _sequence_ids(loaded, vocabulary[:, None])
+            singles = torch.cat([_encode(loaded, ids[b:b + batch].to(loaded.device)).cpu()
+                                 for b in range(0, len(ids), batch)]) @ r.T  # [V, N]
+        order = singles.T.argsort(dim=1, descending=True, stable=True)[:, :starts]  # [N, S]
+        best_single = vocabulary[order]
+        seeds = best_single[:, :1, None].repeat(1, starts, length)  # each good token, then the best
+        seeds[:, 0, 1:] = best_single[:, min(1, starts - 1), None]  # the best, then the second best
+        seeds[:, :, 0] = best_single
+        rows = torch.arange(n)
+        seed_scores = _scores(loaded, seeds.reshape(n * starts, length), r.repeat_interleave(starts, 0), batch)
+        seed_scores = seed_scores.reshape(n, starts)
+        current = seeds[rows, seed_scores.argmax(1)].clone()  # [N, length]
+        score = seed_scores.max(1).values.clone()
+        allowed = torch.zeros(model.token_embedding.num_embeddings, dtype=torch.bool)
+        allowed[_vocabulary_ids(loaded)] = True
+        taken = torch.zeros(n, dtype=torch.long)
+        active = torch.ones(n, dtype=torch.bool)
+        positions = torch.arange(length)
+        gradient_batch = max(1, GRADIENT_ELEMENTS // (length * len(allowed)))
+        for step in range(1, steps + 1):
+            index = active.nonzero().flatten()
+            if not len(index):
+                break
+            taken[index] = step
+            now = current[index]
+            count = min(candidates, int(allowed.sum()))
+            top = _proposal_tokens(loaded, now, r[index], allowed, count, gradient_batch)  # [A, length, C]
+            proposals = now[:, None, None, :].repeat(1, length, count, 1)  # [A, length, C, length]
+            proposals[:, positions, :, positions] = top.permute(1, 0, 2)
+            proposals = proposals.reshape(len(index), length * count, length)
+            # A proposal that keeps the current token scores as the current text: never an improvement.
+            proposal_scores = _scores(loaded, proposals.reshape(-1, length),
+                                      r[index].repeat_interleave(length * count, 0), batch).reshape(len(index), -1)
+            best_score, best = proposal_scores.max(1)
+            improved = best_score > score[index] + 1e-7
+            current[index[improved]] = proposals[improved.nonzero().flatten(), best[improved]]
+            score[index[improved]] = best_score[improved]
+            active[index[~improved]] = False
+        out = []
+        for i in range(n):
+            start_token, start_score = int(best_single[i, 0]), float(singles[order[i, 0], i])
+            # The best text seen: a single word can beat every sequence of `length` tokens.
+            tokens = tuple(int(t) for t in current[i]) if float(score[i]) >= start_score else (start_token,)
+            best = max(float(score[i]), start_score)
+            out.append(MaximalText(tokens, _decode(loaded, tokens), best, _decode(loaded, [start_token]), start_score,
+                                   int(taken[i])))
+        return out
     finally:
-        handle.remove()
-    return one_hot.grad.detach().cpu()
+        for p, flag in zip(model.parameters(), requires):
+            p.requires_grad_(flag)
+        model.train(was_training)
 
 
 def maximal_text(loaded: LoadedModel, direction: torch.Tensor | np.ndarray, *, pool_tokens: torch.Tensor | None = None,
                  length: int = 3, steps: int = 20, candidates: int = 16, starts: int = 4) -> MaximalText:
-    """Hill climbing over token sequences of `length` tokens toward <e(text), r>.
-
-    Starts: the `starts` best single tokens (or pool texts' first tokens, `pool_tokens`),
-    repeated to fill the sequence, the best of them kept. Each step takes the gradient of the
-    score with respect to the one-hot tokens, proposes, at every position, the `candidates`
-    tokens with the largest first-order gain, scores all proposals exactly in one batch and
-    keeps the best if it improves; it stops when nothing does."""
-    r = F.normalize(torch.as_tensor(direction, dtype=torch.float32).flatten(), dim=0)
-    was_training = loaded.model.training
-    loaded.model.eval()
-    requires = [p.requires_grad for p in loaded.model.parameters()]
-    for p in loaded.model.parameters():
-        p.requires_grad_(False)
-    try:
-        vocabulary = _vocabulary_ids(loaded) if pool_tokens is None else pool_tokens.unique()
-        singles = _text_scores(loaded, _sequence_ids(loaded, vocabulary[:, None]), r)
-        best_single = vocabulary[singles.argsort(descending=True)[:starts]]
-        # Starting sequences: each good token alone then padded by the best token, all combinations checked.
-        seeds = torch.stack([torch.full((length,), int(t)) for t in best_single])
-        for i, t in enumerate(best_single):
-            seeds[i, 0] = t
-            seeds[i, 1:] = best_single[0] if i else best_single[min(1, len(best_single) - 1)]
-        seed_scores = _text_scores(loaded, _sequence_ids(loaded, seeds), r)
-        current = seeds[int(seed_scores.argmax())].clone()
-        score = float(seed_scores.max())
-        start_text, start_score = _decode(loaded, best_single[:1].tolist()), float(singles.max())
-        allowed = torch.zeros(loaded.model.token_embedding.num_embeddings, dtype=torch.bool)
-        allowed[_vocabulary_ids(loaded)] = True
-        taken = 0
-        for taken in range(1, steps + 1):
-            ids = _sequence_ids(loaded, current[None])
-            grad = _token_gradient(loaded, ids, r)[1:1 + length]  # [length, vocab]
-            gain = grad - grad.gather(1, current[:, None])
-            gain[:, ~allowed] = -torch.inf
-            proposals = []
-            for position in range(length):
-                for token in gain[position].topk(candidates).indices.tolist():
-                    if token != int(current[position]):
-                        proposal = current.clone()
-                        proposal[position] = token
-                        proposals.append(proposal)
-            if not proposals:
-                break
-            batch = torch.stack(proposals)
-            proposal_scores = _text_scores(loaded, _sequence_ids(loaded, batch), r)
-            best = int(proposal_scores.argmax())
-            if float(proposal_scores[best]) <= score + 1e-7:
-                break
-            current, score = batch[best].clone(), float(proposal_scores[best])
-        tokens = tuple(int(t) for t in current)
-        return MaximalText(tokens, _decode(loaded, tokens), score, start_text, start_score, taken)
-    finally:
-        for p, flag in zip(loaded.model.parameters(), requires):
-            p.requires_grad_(flag)
-        loaded.model.train(was_training)
-
+    """The maximal text of one direction (`maximal_texts` for a single neuron)."""
+    vector = torch.as_tensor(np.asarray(direction), dtype=torch.float32).flatten()[None]
+    return maximal_texts(loaded, vector, pool_tokens=pool_tokens, length=length, steps=steps, candidates=candidates,
+                         starts=starts)[0]
 
 # -- what the pages ask for -------------------------------------------------------------------------
 VIT_LATE = "vit-late"  # a layer set only ViT towers have: MLP layers 8-10 of a 12-block tower, the last three otherwise

@@ -400,6 +400,28 @@ class Decomposition(Base):
     score: Mapped[float | None] = mapped_column(Float)
 
 
+class MaximalText(Base):
+    """The text a unit's direction favours most: the token sequence with the largest
+    <e(text), r_n> that hill climbing found (the Distill article's "text feature
+    visualization"), beside the best single word it started from. One per unit, for the
+    direction set of `dataset_id`; a re-run replaces it."""
+
+    __tablename__ = "maximal_texts"
+    __table_args__ = (UniqueConstraint("unit_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))  # whose directions
+    text: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[list[int]] = mapped_column(JSON)  # the tokenizer's ids, without start and end
+    score: Mapped[float] = mapped_column(Float)  # <e(text), r_n>, e and r_n of unit length
+    start_text: Mapped[str] = mapped_column(Text)  # the best single word (token)
+    start_score: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # length, steps, candidates, starts
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class TextEmbedding(Base):
     """A pool's text embeddings under one model (unit length, [texts, d] float32 .npy blob in
     the pool's order), computed once and reused by every decomposition and prompt search."""

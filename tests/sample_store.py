@@ -148,7 +148,7 @@ def _crop(blobs: BlobStore, image: StoredImage, cell: tuple[int, int], grid: tup
 
 
 ALL_KINDS = frozenset({"statistics", "labels", "directions", "featureviz", "examples", "buckets", "words", "decomposition",
-                       "embedding"})
+                       "embedding", "maxtext"})
 # What the precompute jobs do not write yet (the examples and words jobs cover the rest).
 NOT_FROM_JOBS = frozenset({"labels", "directions", "featureviz", "decomposition"})
 
@@ -222,12 +222,27 @@ def populate_layer(
                                           coefficient=round(float(coefficient), 5)))
     if directions:
         store_directions(session, blobs, layer.id, directions)
+    if "maxtext" in kinds and directions:
+        _add_maximal_texts(session, [unit_rows[i].id for i in sorted(directions)], words)
     if "embedding" in kinds:
         matrix = rng.normal(size=(len(words), layer.units)).astype(np.float32)
         mean = matrix.mean(axis=0)
         session.add(WordEmbedding(layer_id=layer.id, word_list_id=WORD_LIST, vectors_uri=blobs.put(npy(matrix - mean), ".npy"),
                                   mean_uri=blobs.put(npy(mean), ".npy")))
     session.flush()
+
+
+def _add_maximal_texts(session: Session, unit_ids: list[int], words: list[str]) -> None:
+    """A made-up maximal text per unit with a direction (no random draws: the other results stay as they are)."""
+    from store.maximal_texts import write_maximal_texts
+    from store.models import Dataset
+
+    dataset_id = session.query(Dataset.id).order_by(Dataset.id).first()[0]
+    write_maximal_texts(session, dataset_id, [
+        {"unit_id": uid, "text": f"{words[i % len(words)]} {words[(3 * i + 1) % len(words)]}", "tokens": [10 + i, 11 + i],
+         "score": round(0.5 + 0.01 * i, 4), "start_text": words[i % len(words)], "start_score": round(0.4 + 0.01 * i, 4),
+         "steps": 3, "parameters": {"length": 2, "steps": 20, "candidates": 16, "starts": 4}}
+        for i, uid in enumerate(unit_ids)])
 
 
 def store_directions(session: Session, blobs: BlobStore, layer_id: int, directions: dict[int, np.ndarray]) -> str:

@@ -185,6 +185,7 @@ def _unit_results(
         "buckets": _buckets(queries.buckets_of(session, uid), urls),
         "words": _words(session, uid, model_id),
         "decomposition": _decomposition(session, uid),
+        "maximal_text": _maximal_text(session, uid),
         "nearest": nearest_units(session, cache, unit["layer_id"], unit, model_id, layer_name, urls),
     }
 
@@ -198,8 +199,21 @@ def _decomposition(session: Session, unit_id: int) -> list[dict[str, Any]]:
              "terms": [{key: t[key] for key in ("rank", "text", "coefficient")} for t in g["terms"]]} for g in groups]
 
 
+def _maximal_text(session: Session, unit_id: int) -> dict[str, Any] | None:
+    """The text the unit's direction favours most, beside the best single word (None when the
+    maxtext job has not run for the unit)."""
+    from store.maximal_texts import maximal_text_of
+
+    row = maximal_text_of(session, unit_id)
+    if row is None:
+        return None
+    return {"text": row["text"], "tokens": row["tokens"], "score": row["score"], "start_text": row["start_text"],
+            "start_score": row["start_score"], "steps": row["steps"], "parameters": row["parameters"] or {},
+            "dataset": row["dataset_id"]}
+
+
 # The parts of a unit page that only the precompute jobs change (cached under the generation).
-RESULT_PARTS = ("featureviz", "examples", "buckets", "words", "decomposition")
+RESULT_PARTS = ("featureviz", "examples", "buckets", "words", "decomposition", "maximal_text")
 
 
 def unit_view_key(page: dict[str, Any], generation: Hashable) -> tuple[Hashable, ...]:
@@ -275,6 +289,7 @@ def unit_page_and_generation(
         "conditional-probability samples": parts["buckets"],
         "rastered words": words,
         "text decomposition": parts["decomposition"],
+        "text feature visualization": parts["maximal_text"],
         "second-order direction": has_direction,  # False when the layer's direction blob is missing too
     }
     units = unit["layer_units"]

@@ -191,11 +191,12 @@ def test_unit_without_results_says_so(web: TestClient) -> None:
     doc, twin = page_and_twin(web, "/models/toy-rn/layer4/100")
     assert set(twin["missing"]) == {
         "feature visualization", "dataset examples", "activation histogram", "conditional-probability samples",
-        "rastered words", "text decomposition", "second-order direction",
+        "rastered words", "text decomposition", "text feature visualization", "second-order direction",
     }
     text = doc.text()
     for sentence in ("No feature visualization has been computed", "No dataset examples have been computed",
-                     "No rastered words have been computed", "No text decomposition has been computed"):
+                     "No rastered words have been computed", "No text decomposition has been computed",
+                     "No maximal text has been computed"):
         assert sentence in text
     # No direction here, but the layer has a word embedding: neighbours by word profiles.
     assert twin["nearest"]["basis"] == "word_embedding" and len(twin["nearest"]["units"]) == 12

@@ -9,14 +9,14 @@ from sqlalchemy import func, select
 
 from store.models import (DatasetExample, Decomposition, DirectionSet, FeatureViz, Layer, Model, Unit, WordActivation,
                           WordEmbedding, WordList)
-from store.models import TypographicResult
+from store.models import MaximalText, TypographicResult
 from store.session import make_engine, make_sessionmaker
 
 
 def test_demo_builds_store_dataset_and_models(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROSCOPE_")}
     env["MICROSCOPE_DATA_DIR"] = str(tmp_path / "data")
-    result = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120", "--featureviz-steps", "4"],
+    result = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120", "--featureviz-steps", "4", "--maxtext-units", "16"],
                             capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr
     dataset = tmp_path / "data" / "datasets" / "synthetic-world-seed0"
@@ -56,11 +56,14 @@ def test_demo_builds_store_dataset_and_models(tmp_path):
             decomposed = session.scalar(select(func.count(func.distinct(Decomposition.unit_id)))
                                         .where(Decomposition.unit_id.in_(units), Decomposition.pool_id == "world"))
             assert decomposed > final.units // 2
+            # Maximal texts of the first units with a direction, at most 16 asked for.
+            maximal = session.scalar(select(func.count()).select_from(MaximalText).where(MaximalText.unit_id.in_(units)))
+            assert 0 < maximal <= 16
             assert session.scalar(select(func.count()).select_from(TypographicResult)
                                   .where(TypographicResult.model_id == model_id)) > 0
     engine.dispose()
 
-    again = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120", "--featureviz-steps", "4"],
+    again = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--no-serve", "--images", "40", "--words", "120", "--featureviz-steps", "4", "--maxtext-units", "16"],
                            capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0, again.stderr
     word_lines = [line for line in again.stdout.splitlines() if "top rastered words" in line]

@@ -101,6 +101,18 @@ class TermGroup(BaseModel):
     terms: list[Term]
 
 
+class MaximalTextOut(BaseModel):
+    text: str = Field(description="The token sequence whose text embedding has the largest dot product with the unit's "
+                                  "direction that hill climbing found (the text feature visualization).")
+    tokens: list[int] = Field(description="Its token ids, without the start and end tokens.")
+    score: float = Field(description="<e(text), r>: the text's unit-length embedding against the unit's unit-length direction.")
+    start_text: str = Field(description="The best single word (token), where the climb started.")
+    start_score: float = Field(description="<e(start_text), r>.")
+    steps: int = Field(description="Hill-climbing steps taken.")
+    parameters: dict[str, Any] = Field(description="length, steps, candidates and starts of the climb.")
+    dataset: str = Field(description="The dataset the unit's direction was computed over.")
+
+
 class NearestUnit(BaseModel):
     index: int
     similarity: float
@@ -157,6 +169,8 @@ class UnitPage(BaseModel):
         default_factory=list, description="This unit's word lists, the default first: the synthetic world's vocabulary "
         "for a toy model, the common English words for a real one.")
     decomposition: list[TermGroup]
+    maximal_text: MaximalTextOut | None = Field(None, description="The unit's maximal text, or null where it has not been "
+                                                "computed (`microscope precompute maxtext`).")
     has_direction: bool
     nearest: Nearest
     annotations: list[AnnotationOut]
