@@ -425,7 +425,7 @@ def train_facet(store: StoreConfig, request: FacetRequest, *, loaded=None) -> di
 
 # -- the demo -------------------------------------------------------------------------------
 
-DEMO_STEPS = 96  # fits the demo's budget (about 2 minutes for both toy models on 2 cores)
+DEMO_STEPS = 64  # fits the demo's budget (about 2 minutes for both toy models on 2 cores)
 DEMO_FIRST_PAGE = 48  # units on the layer grid's first page
 DEMO_FACETS = ("text", "object")
 DEMO_DIVERSITY = 4
