@@ -179,6 +179,8 @@ def _unit_results(
 ) -> dict[str, Any]:
     """What the precompute jobs wrote about a unit: everything on its page that nobody edits."""
     uid = unit["id"]
+    nearest = nearest_units(session, cache, unit["layer_id"], unit, model_id, layer_name, urls)
+    directions = cache.directions(session, unit["layer_id"])
     return {
         "featureviz": _featureviz(queries.featureviz_of(session, uid), urls),
         "examples": _examples(queries.examples_of(session, uid), spatial, urls, model_id),
@@ -186,7 +188,9 @@ def _unit_results(
         "words": _words(session, uid, model_id),
         "decomposition": _decomposition(session, uid),
         "maximal_text": _maximal_text(session, uid),
-        "nearest": nearest_units(session, cache, unit["layer_id"], unit, model_id, layer_name, urls),
+        "nearest": nearest,
+        # False when the layer's direction blob is missing too
+        "has_direction": directions is not None and directions.row_of(unit["index"]) is not None,
     }
 
 
@@ -270,8 +274,7 @@ def unit_page_and_generation(
         key = ("unit", unit["layer_id"], unit["id"], unit["direction_uri"], urls.base)
         parts = pickle.loads(results.get(key, lambda: pickle.dumps(load(), pickle.HIGHEST_PROTOCOL), stamp=generation))
     parts = {**parts, "nearest": with_labels(session, unit["layer_id"], parts["nearest"])}
-    directions = cache.directions(session, unit["layer_id"])
-    has_direction = directions is not None and directions.row_of(index) is not None
+    has_direction = parts["has_direction"]  # a job result, read with the others once per generation
     uid = unit["id"]
     notes = [
         {**row, "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"])}
@@ -290,7 +293,7 @@ def unit_page_and_generation(
         "rastered words": words,
         "text decomposition": parts["decomposition"],
         "text feature visualization": parts["maximal_text"],
-        "second-order direction": has_direction,  # False when the layer's direction blob is missing too
+        "second-order direction": has_direction,
     }
     units = unit["layer_units"]
     return {
