@@ -104,6 +104,23 @@ def direction_set_row(session: Session, layer_id: int, dataset_id: str | None = 
     return session.execute(stmt).scalar_one_or_none()
 
 
+def require_direction_set(session: Session, model_id: str, layer: str, dataset_id: str | None = None):
+    """(the layer's row, its direction set) for a job that reads a layer's directions; a
+    MicroscopeError saying what to run first when the model, the layer or the set is missing."""
+    from precompute.errors import MicroscopeError
+    from store import repository
+    from store.loading import require_layers, require_model
+
+    require_layers(session, require_model(session, model_id), [layer])
+    layer_row = repository.get_layer(session, model_id, layer)
+    row = direction_set_row(session, layer_row.id, dataset_id)
+    if row is None:
+        where = f" over dataset {dataset_id!r}" if dataset_id else ""
+        raise MicroscopeError(f"layer {layer} of {model_id!r} has no neuron directions{where}; "
+                              "run `microscope precompute directions` for it first")
+    return layer_row, row
+
+
 def latest_direction_sets(session: Session, layer_ids: Sequence[int]) -> dict[int, DirectionSet]:
     """`direction_set_row(session, layer_id)` of every listed layer that has one, in one statement."""
     if not layer_ids:

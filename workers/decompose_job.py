@@ -88,8 +88,7 @@ def _pool_dictionary_source(session, blobs: BlobStore, request: DecomposeRequest
 
 def run_decompose(store: StoreConfig, request: DecomposeRequest, *, show_progress: bool = True, loaded=None) -> dict:
     """Plan and run the decomposition of one layer's directions over one pool."""
-    from store.directions import direction_set_row
-    from store.loading import require_layers, require_model
+    from store.directions import require_direction_set
     from store.text_pools import texts_sha256
 
     request.validate()
@@ -99,14 +98,7 @@ def run_decompose(store: StoreConfig, request: DecomposeRequest, *, show_progres
     blobs = BlobStore(store.blob_url)
     try:
         with sessions() as session:
-            model = require_model(session, request.model_id)
-            require_layers(session, model, [request.layer])
-            layer_row = repository.get_layer(session, request.model_id, request.layer)
-            directions = direction_set_row(session, layer_row.id, request.dataset_id)
-            if directions is None:
-                where = f" over dataset {request.dataset_id!r}" if request.dataset_id else ""
-                raise MicroscopeError(f"layer {request.layer} of {request.model_id!r} has no neuron directions{where}; "
-                                      f"run `microscope precompute directions` for it first")
+            layer_row, directions = require_direction_set(session, request.model_id, request.layer, request.dataset_id)
             pool, vectors = _pool_dictionary_source(session, blobs, request, loaded)
             if request.terms > len(pool.texts):
                 raise MicroscopeError(f"--terms {request.terms} is more than pool {pool.id!r} holds ({len(pool.texts)} texts)")

@@ -89,8 +89,7 @@ def _directions(session, blobs: BlobStore, layer_id: int, dataset_id: str | None
 
 def run_maxtext(store: StoreConfig, request: MaxTextRequest, *, show_progress: bool = True, loaded=None) -> dict:
     """Plan and run the maximal texts of one layer's units."""
-    from store.directions import direction_set_row
-    from store.loading import require_layers, require_model
+    from store.directions import require_direction_set
 
     request.validate()
     started = time.monotonic()
@@ -99,14 +98,7 @@ def run_maxtext(store: StoreConfig, request: MaxTextRequest, *, show_progress: b
     blobs = BlobStore(store.blob_url)
     try:
         with sessions() as session:
-            model = require_model(session, request.model_id)
-            require_layers(session, model, [request.layer])
-            layer_row = repository.get_layer(session, request.model_id, request.layer)
-            row = direction_set_row(session, layer_row.id, request.dataset_id)
-            if row is None:
-                where = f" over dataset {request.dataset_id!r}" if request.dataset_id else ""
-                raise MicroscopeError(f"layer {request.layer} of {request.model_id!r} has no neuron directions{where}; "
-                                      f"run `microscope precompute directions` for it first")
+            layer_row, row = require_direction_set(session, request.model_id, request.layer, request.dataset_id)
             found = _directions(session, blobs, layer_row.id, row.dataset_id)
             if found is None:
                 raise MicroscopeError("the layer's directions are gone; run the directions job again")
