@@ -82,9 +82,13 @@ class MaxTextTask:
 
 
 def _directions(session, blobs: BlobStore, layer_id: int, dataset_id: str | None):
+    """The layer's stored directions, or a MicroscopeError when their set has gone meanwhile."""
     from store.directions import load_layer_directions
 
-    return load_layer_directions(session, blobs, layer_id, dataset_id)
+    found = load_layer_directions(session, blobs, layer_id, dataset_id)
+    if found is None:
+        raise MicroscopeError("the layer's directions are gone; run the directions job again")
+    return found
 
 
 def run_maxtext(store: StoreConfig, request: MaxTextRequest, *, show_progress: bool = True, loaded=None) -> dict:
@@ -100,8 +104,6 @@ def run_maxtext(store: StoreConfig, request: MaxTextRequest, *, show_progress: b
         with sessions() as session:
             layer_row, row = require_direction_set(session, request.model_id, request.layer, request.dataset_id)
             found = _directions(session, blobs, layer_row.id, row.dataset_id)
-            if found is None:
-                raise MicroscopeError("the layer's directions are gone; run the directions job again")
             dataset_id, blob_uri = row.dataset_id, row.blob_uri
             total = len(found.units) if request.limit is None else min(request.limit, len(found.units))
         summary: dict[str, Any] = {"model": request.model_id, "layer": request.layer, "dataset": dataset_id,
@@ -183,8 +185,6 @@ def run_maxtext_pass(task: MaxTextTask, *, loaded=None, progress: Progress | Non
                                                            dataset_id=task.dataset_id) if job.shard == task.shard)
             layer_row = repository.get_layer(session, request.model_id, request.layer)
             found = _directions(session, blobs, layer_row.id, task.dataset_id)
-            if found is None:
-                raise MicroscopeError("the layer's directions are gone; run the directions job again")
             unit_ids = layer_unit_ids(session, layer_row.id)
             if loaded is None:  # in a Ray task: load the model from its store record
                 loaded = load_registered(session, request.model_id, device=request.device)
