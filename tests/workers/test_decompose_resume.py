@@ -3,7 +3,6 @@ decompositions with an uninterrupted run's in another database: identical, row f
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from store.repository import get_layer
 from store.session import make_engine, make_sessionmaker
 from tests.text_side import LAYER, MODEL, POOL, prepare_planted_store
 from tests.workers.precompute_helpers import single_thread, store_config
-from tests.workers.test_sigkill import _env, _kill_at_random, _run
+from tests.workers.test_sigkill import _run, kill_mid_pass
 from workers.decompose_job import DecomposeRequest, run_decompose
 
 DECOMPOSE = ["precompute", "decompose", "--model", MODEL, "--layer", LAYER, "--pool", POOL, "--terms", "12",
@@ -74,20 +73,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     clean, clean_states = _decompositions(clean_url)
     assert len(clean) == UNITS * 12 and clean_states == ["done"]
 
-    rng = random.Random()
-    outcomes = []
-    # The pass is short once torch is imported: a kill that lands after its last commit kills
-    # nothing worth resuming, so such an attempt starts again on a fresh store (at most three).
-    for attempt in range(3):
-        folder = tmp_path / f"attempt-{attempt}"
-        folder.mkdir()
-        database_url = f"sqlite:///{folder / 'resumed.db'}"
-        _prepare(database_url, folder, loaded)
-        env = _env(database_url, folder)
-        outcomes.append(_kill_at_random(DECOMPOSE, env, database_url, "decompose", rng))
-        partial, _ = _decompositions(database_url)
-        if outcomes[-1].startswith("killed") and len(partial) < len(clean):
-            break
+    database_url, env, outcomes, partial = kill_mid_pass(
+        DECOMPOSE, "decompose", tmp_path, lambda url, folder: _prepare(url, folder, loaded),
+        lambda url: _decompositions(url)[0], len(clean))
     print("kill outcomes:", outcomes)
     _run(DECOMPOSE, env)
     resumed, states = _decompositions(database_url)

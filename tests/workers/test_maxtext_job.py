@@ -6,7 +6,6 @@ an uninterrupted run."""
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from store.models import Job, MaximalText
 from store.session import make_engine, make_sessionmaker
 from tests.text_side import LAYER, MODEL, PLANTED, SILENT, planted_directions, prepare_planted_store
 from tests.workers.precompute_helpers import single_thread, store_config
-from tests.workers.test_sigkill import _env, _kill_at_random, _run
+from tests.workers.test_sigkill import _env, _run, kill_mid_pass
 from workers.maxtext_job import MaxTextRequest, maxtext_layers, run_maxtext
 
 QUICK = {"length": 2, "steps": 6, "candidates": 8}
@@ -163,19 +162,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, toy_vit):
     clean = _rows(clean_url)
     assert len(clean) == UNITS
 
-    rng = random.Random()
-    # A kill that lands after the pass's last commit kills nothing worth resuming: such an
-    # attempt starts again on a fresh store (at most three).
-    for attempt in range(3):
-        folder = tmp_path / f"attempt-{attempt}"
-        folder.mkdir()
-        url = f"sqlite:///{folder / 'resumed.db'}"
-        _prepare_random(url, folder, toy_vit)
-        env = _env(url, folder)
-        outcome = _kill_at_random(MAXTEXT, env, url, "maxtext", rng)
-        partial = _rows(url)
-        if outcome.startswith("killed") and len(partial) < UNITS:
-            break
+    url, env, outcomes, partial = kill_mid_pass(
+        MAXTEXT, "maxtext", tmp_path, lambda url, folder: _prepare_random(url, folder, toy_vit), _rows, UNITS)
+    outcome = outcomes[-1]
     _run(MAXTEXT, env)
     assert _jobs(url) == [(0, "done", UNITS)]
     assert outcome.startswith("killed") and len(partial) < UNITS, outcome

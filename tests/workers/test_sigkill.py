@@ -90,6 +90,27 @@ def _kill_at_random(args, env, url: str, kind: str, rng: random.Random) -> str:
         progress.close()
 
 
+def kill_mid_pass(args, kind: str, folder: Path, prepare, rows, total: int, attempts: int = 3):
+    """A command SIGKILLed mid-pass: (url, env, outcomes, rows written before the kill).
+
+    A short pass can finish its last commit before the random kill lands, which kills nothing
+    worth resuming; such an attempt starts again on a fresh store `prepare(url, folder)` makes,
+    at most `attempts` times. `rows(url)` reads the job's results; `total` is their full count."""
+    rng = random.Random()
+    outcomes = []
+    for attempt in range(attempts):
+        where = folder / f"attempt-{attempt}"
+        where.mkdir()
+        url = f"sqlite:///{where / 'resumed.db'}"
+        prepare(url, where)
+        env = _env(url, where)
+        outcomes.append(_kill_at_random(args, env, url, kind, rng))
+        partial = rows(url)
+        if outcomes[-1].startswith("killed") and len(partial) < total:
+            break
+    return url, env, outcomes, partial
+
+
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
     """The uninterrupted run, once for both backends."""
