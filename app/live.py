@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app.model_service import ModelService
 from app.pages.common import require_layer, require_model
 from app.pages.probe import default_layer, probe_result
-from app.pages.search import prompt_page
+from app.pages.search import PROMPT_READINGS, prompt_page
 from app.uploads import ACCEPTED, UploadLimits, decode_image
 from app.urls import request_urls
 from precompute.errors import Problem
@@ -71,10 +71,13 @@ def probe(
     return probe_result(session, request_urls(request), model_id=model_id, layer_name=layer, live=live, source=source)
 
 
-def prompt_search(request: Request, session: Session, *, text: str, model_id: str, layer: str | None, k: int) -> dict[str, Any]:
+def prompt_search(request: Request, session: Session, *, text: str, model_id: str, layer: str | None, k: int,
+                  reading: str = "class") -> dict[str, Any]:
     text = text.strip()
     if not text:
         raise Problem(422, "empty-prompt", "the prompt is empty")
+    if reading not in PROMPT_READINGS:
+        raise Problem(422, "unknown-reading", f"reading must be one of {', '.join(PROMPT_READINGS)}, not {reading!r}")
     require_model(session, model_id)
     layers = queries.layers_of(session, [model_id]).get(model_id, [])
     if layer:
@@ -84,6 +87,7 @@ def prompt_search(request: Request, session: Session, *, text: str, model_id: st
     cache = request.app.state.vectors
     if not queries.any_directions(session, scope):
         # Nothing to rank: say so without spending a forward pass of the text tower.
-        return prompt_page(session, cache, [], urls, prompt=text, model_id=model_id, layer=layer, k=k)
-    vector = _service(request).encode_text(model_id, text)
-    return prompt_page(session, cache, vector, urls, prompt=text, model_id=model_id, layer=layer, k=k)
+        return prompt_page(session, cache, [], urls, prompt=text, model_id=model_id, layer=layer, k=k, reading=reading)
+    service = _service(request)
+    vector = service.encode_class_name(model_id, text) if reading == "class" else service.encode_text(model_id, text)
+    return prompt_page(session, cache, vector, urls, prompt=text, model_id=model_id, layer=layer, k=k, reading=reading)

@@ -44,7 +44,7 @@ class ServiceBusy(RetryLater):
 
 @dataclass
 class _Work:
-    kind: str  # "probe" | "text"
+    kind: str  # a key of _COMPUTE
     model_id: str
     layer: str | None
     payload: Any
@@ -137,6 +137,11 @@ class ModelService:
     def encode_text(self, model_id: str, text: str) -> Any:
         """The unit-length text embedding (numpy float32) of `text` in the joint space."""
         return self._wait(self.submit("text", model_id, None, text))
+
+    def encode_class_name(self, model_id: str, name: str) -> Any:
+        """The unit-length embedding (numpy float32) of `name` read as the zero-shot classifier
+        reads a class name: the mean of its prompts (precompute.discovery.class_embedding)."""
+        return self._wait(self.submit("class-name", model_id, None, name))
 
     # -- the worker --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -345,4 +350,20 @@ def _cues(loaded: Any, _layer: str | None, works: list[_Work]) -> list[Any]:
     return [find_cues(loaded, work.payload, cache=_TEXT_FEATURES) for work in works]
 
 
-_COMPUTE = {"probe": _probe, "text": _encode, "typographic": _typographic, "discover": _discover, "cues": _cues}
+def _encode_class_names(loaded: Any, _layer: str | None, works: list[_Work]) -> list[Any]:
+    from precompute.discovery import cached_class_embedding
+    from precompute.errors import MicroscopeError
+
+    results: list[Any] = []
+    for work in works:  # one bad name (an unknown word) answers its own request only
+        try:
+            results.append(cached_class_embedding(loaded, work.payload, _TEXT_FEATURES).numpy().copy())  # the cache keeps its own
+        except Problem as error:
+            results.append(error)
+        except MicroscopeError as error:
+            results.append(Problem(422, "no-text-tower", str(error)))
+    return results
+
+
+_COMPUTE = {"probe": _probe, "text": _encode, "class-name": _encode_class_names, "typographic": _typographic,
+            "discover": _discover, "cues": _cues}

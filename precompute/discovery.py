@@ -671,7 +671,7 @@ def class_embedding(loaded: LoadedModel, name: str) -> torch.Tensor:
     return zeroshot._prompt_means(loaded, (name,), templates)[0].float().cpu()  # noqa: SLF001
 
 
-def _class_embedding(loaded: LoadedModel, name: str, cache=None) -> torch.Tensor:
+def cached_class_embedding(loaded: LoadedModel, name: str, cache=None) -> torch.Tensor:
     """class_embedding, kept in `cache` (a precompute.zeroshot.TextFeatureCache) when one is given:
     a real CLIP's class name is the mean of 80 prompts through the text tower."""
     if cache is None:
@@ -752,7 +752,7 @@ def analyse(loaded: LoadedModel, images: Sequence, requests: Sequence[DiscoverRe
         classes = cache.get(loaded, request.labels) if cache is not None else class_features(loaded, request.labels)
         neurons = []
         if request.class_name is not None and request.segmentation:
-            neurons = aligned_neurons(request.segmentation, _class_embedding(loaded, request.class_name, cache),
+            neurons = aligned_neurons(request.segmentation, cached_class_embedding(loaded, request.class_name, cache),
                                       request.segmentation_neurons)
         map_layers = list(dict.fromkeys(layer for layer, _, _ in neurons))
         effect_layers = [request.concepts.layer] if request.concepts is not None else []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -154,9 +154,11 @@ def search(
 def search_prompt(
     request: Request, text: str = Query(..., min_length=1, max_length=200), model: str = Query(..., max_length=128),
     layer: str | None = Query(None, max_length=256), k: int = Query(24, ge=1, le=100),
+    reading: Literal["class", "text"] = Query("class", description="Embed the prompt as the zero-shot classifier reads a "
+                                              "class name (its prompt templates), or as typed."),
     session: Session = Depends(get_session),
 ) -> Any:
-    return live.prompt_search(request, session, text=text, model_id=model, layer=layer, k=k)
+    return live.prompt_search(request, session, text=text, model_id=model, layer=layer, k=k, reading=reading)
 
 
 @router.get("/words", response_model=s.WordsPage, tags=["search"],

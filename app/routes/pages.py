@@ -86,7 +86,8 @@ def unit_page(model_id: str, layer: str, unit: UnitIndex, request: Request,
 def search_page(
     request: Request, q: str = Query("", max_length=200), prompt: str = Query("", max_length=200),
     model: str | None = Query(None, max_length=128), layer: str | None = Query(None, max_length=256),
-    page: int = Page, per_page: int = PerPage, session: Session = Depends(get_session),
+    reading: str = Query("class", max_length=16), page: int = Page, per_page: int = PerPage,
+    session: Session = Depends(get_session),
 ) -> HTMLResponse:
     payload = builders.search_page(session, request_urls(request), q=q, model_id=model, layer=layer, page=page, per_page=per_page)
     prompt_result = None
@@ -95,8 +96,10 @@ def search_page(
         if not model:
             raise Problem(422, "model-required", "choose a model to search by text prompt")
         limit_live(request)
-        prompt_result = live.prompt_search(request, session, text=prompt, model_id=model, layer=layer or None, k=24)
-        json_url = request_urls(request).search_prompt(text=prompt.strip(), model=model, layer=layer)
+        prompt_result = live.prompt_search(request, session, text=prompt, model_id=model, layer=layer or None, k=24,
+                                           reading=reading)
+        json_url = request_urls(request).search_prompt(text=prompt.strip(), model=model, layer=layer,
+                                                       reading=reading if reading != "class" else None)
     return render(request, "search.html", payload, json_url, session=session, prompt=prompt.strip(), prompt_result=prompt_result)
 
 

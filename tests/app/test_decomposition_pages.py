@@ -78,9 +78,13 @@ def test_search_finds_units_by_a_decomposition_term(client: TestClient) -> None:
 
 
 def test_prompt_search_composes_the_prompt_from_unit_directions(client: TestClient, toy_vit) -> None:
-    body = client.get("/api/v1/search/prompt", params={"text": "red", "model": MODEL, "layer": LAYER, "k": 4}).json()
+    # The planted directions are word embeddings: the prompt read as typed is the word they were made of.
+    params = {"text": "red", "model": MODEL, "layer": LAYER, "reading": "text"}
+    body = client.get("/api/v1/search/prompt", params={**params, "k": 4}).json()
     assert body["layers_searched"] == [LAYER] and body["centred_on"] == POOL and body["missing"] == []
-    # What it should be, computed here: the prompt centred on the pool's mean, OMP by scikit-learn.
+    assert body["reading"] == "text"
+    # What it should be, computed here: the prompt centred on the pool's mean, OMP by scikit-learn,
+    # the units that add listed first, each group in the order the pursuit picked them.
     pool = world_embeddings(toy_vit)
     with torch.inference_mode():
         prompt = torch.nn.functional.normalize(toy_vit.model.encode_text(toy_vit.tokenizer(["red"])).float(), dim=-1)[0]
@@ -88,13 +92,15 @@ def test_prompt_search_composes_the_prompt_from_unit_directions(client: TestClie
     directions = planted_directions(toy_vit)
     units = np.array(list(PLANTED))
     keep = np.linalg.norm(directions, axis=1) > 0
-    code = orthogonal_mp(directions[keep].T.astype(np.float64), target, n_nonzero_coefs=4)
-    order = sorted(np.flatnonzero(code), key=lambda i: (code[i] <= 0, -abs(code[i])))  # thresholds are 1 here
+    path = orthogonal_mp(directions[keep].T.astype(np.float64), target, n_nonzero_coefs=4, return_path=True)
+    code = path[:, -1]
+    picked = sorted(np.flatnonzero(code), key=lambda i: int(np.flatnonzero(path[i])[0]))
+    order = [i for i in picked if code[i] > 0] + [i for i in picked if code[i] <= 0]
     assert [r["index"] for r in body["results"]] == units[keep][order].tolist()
     assert [r["coefficient"] for r in body["results"]] == pytest.approx(code[order].tolist(), abs=1e-3)
     assert body["results"][0]["index"] == RED_UNIT  # the unit whose direction is "red" comes first
 
-    page = parse(client.get("/search", params={"prompt": "red", "model": MODEL, "layer": LAYER}).text)
+    page = parse(client.get("/search", params={"prompt": "red", "model": MODEL, "layer": LAYER, "reading": "text"}).text)
     cards = page.one("section", id="prompt-results").find_all("a", data_unit=True)
     assert cards[0]["data-unit"] == str(RED_UNIT) and float(cards[0]["data-coefficient"]) > 0
     assert all(card.find("img") is not None or card.find("span") is not None for card in cards)

@@ -250,40 +250,70 @@ def text_model(live_store: Store, tmp_path_factory: pytest.TempPathFactory) -> I
     yield {"loaded": loaded, "directions": directions}
 
 
-def test_prompt_search_is_a_sparse_code_over_the_directions(live_web: TestClient, text_model: dict) -> None:
+def _pursuit(directions: np.ndarray, target: np.ndarray, terms: int) -> tuple[np.ndarray, list[int]]:
+    """scikit-learn's OMP code of `target`, and its units listed as the search lists them: those
+    that add to the target, then those that subtract, each in the order the pursuit picked them."""
     from sklearn.linear_model import orthogonal_mp
 
-    r = live_web.get("/api/v1/search/prompt", params={"text": "a red circle", "model": "toy-text", "k": 5})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["layers_searched"] == ["layer4"] and body["missing"] == [] and body["centred_on"] is None
+    path = orthogonal_mp(directions.T.astype(np.float64), target.astype(np.float64), n_nonzero_coefs=terms,
+                         return_path=True)
+    code = path[:, -1]
+    picked = sorted(np.flatnonzero(code), key=lambda i: int(np.flatnonzero(path[i])[0]))  # the step each unit entered
+    return code, [i for i in picked if code[i] > 0] + [i for i in picked if code[i] <= 0]
+
+
+def test_prompt_search_is_a_sparse_code_over_the_directions(live_web: TestClient, text_model: dict) -> None:
     loaded = text_model["loaded"]
-    with torch.inference_mode():
-        text = torch.nn.functional.normalize(loaded.model.encode_text(loaded.tokenizer(["a red circle"])), dim=-1)[0].numpy()
     directions = text_model["directions"] / np.linalg.norm(text_model["directions"], axis=1, keepdims=True)
-    code = orthogonal_mp(directions.T.astype(np.float64), text.astype(np.float64), n_nonzero_coefs=5)
-    expected = sorted(np.flatnonzero(code), key=lambda i: (code[i] <= 0, -abs(code[i])))  # adds, then subtracts
-    assert [u["index"] for u in body["results"]] == expected
-    assert [u["coefficient"] for u in body["results"]] == pytest.approx(code[expected].tolist(), abs=1e-4)
-    assert [u["similarity"] for u in body["results"]] == pytest.approx((directions[expected] @ text).tolist(), abs=1e-4)
-    assert [u["rank"] for u in body["results"]] == list(range(5))
+
+    def encoded(texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.nn.functional.normalize(loaded.model.encode_text(loaded.tokenizer(texts)), dim=-1).numpy()
+
+    # Read as a class name (the default): the mean of the toy prompts of a name the world has no class for.
+    prompts = encoded(["a photo of a a red circle", "a a red circle", "a picture of a a red circle"]).mean(0)
+    as_class = prompts / np.linalg.norm(prompts)
+    as_typed = encoded(["a red circle"])[0]
+    for params, text in (({}, as_class), ({"reading": "text"}, as_typed)):
+        r = live_web.get("/api/v1/search/prompt", params={"text": "a red circle", "model": "toy-text", "k": 5, **params})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["layers_searched"] == ["layer4"] and body["missing"] == [] and body["centred_on"] is None
+        assert body["reading"] == params.get("reading", "class")
+        code, expected = _pursuit(directions, text, 5)
+        assert [u["index"] for u in body["results"]] == expected
+        assert [u["coefficient"] for u in body["results"]] == pytest.approx(code[expected].tolist(), abs=1e-4)
+        assert [u["similarity"] for u in body["results"]] == pytest.approx((directions[expected] @ text).tolist(), abs=1e-4)
+        assert [u["rank"] for u in body["results"]] == list(range(5))
+    # The pursuit's first pick is the direction most aligned with the prompt, whatever k.
+    first = int(np.argmax(np.abs(directions @ as_class)))
+    one = live_web.get("/api/v1/search/prompt", params={"text": "a red circle", "model": "toy-text", "k": 1}).json()
+    assert [u["index"] for u in one["results"]] == [first]
     # The page asks for 24 units: all ten directions, in the order of the 10-term code.
     page = parse(live_web.get("/search", params={"prompt": "a red circle", "model": "toy-text"}).text)
     cards = page.one("section", id="prompt-results").find_all("a", data_unit=True)
-    full = orthogonal_mp(directions.T.astype(np.float64), text.astype(np.float64), n_nonzero_coefs=10)
-    assert [int(c["data-unit"]) for c in cards] == sorted(range(10), key=lambda i: (full[i] <= 0, -abs(full[i])))
+    assert [int(c["data-unit"]) for c in cards] == _pursuit(directions, as_class, 10)[1]
+    typed = parse(live_web.get("/search", params={"prompt": "a red circle", "model": "toy-text", "reading": "text"}).text)
+    cards = typed.one("section", id="prompt-results").find_all("a", data_unit=True)
+    assert [int(c["data-unit"]) for c in cards] == _pursuit(directions, as_typed, 10)[1]
 
 
 def test_prompt_search_says_what_it_cannot_do(live_web: TestClient, text_model: dict) -> None:
-    unknown = live_web.get("/api/v1/search/prompt", params={"text": "a red zeppelin", "model": "toy-text"})
-    assert unknown.status_code == 422 and unknown.json()["unknown_words"] == ["zeppelin"]
+    for reading in ("class", "text"):
+        unknown = live_web.get("/api/v1/search/prompt", params={"text": "a red zeppelin", "model": "toy-text", "reading": reading})
+        assert unknown.status_code == 422 and unknown.json()["unknown_words"] == ["zeppelin"], reading
     page = live_web.get("/search", params={"prompt": "a red zeppelin", "model": "toy-text"})
     assert page.status_code == 422 and "zeppelin" in page.text
     # No directions stored for this layer: said plainly, without running the model.
     none = live_web.get("/api/v1/search/prompt", params={"text": "red", "model": "toy-text", "layer": "layer3"}).json()
     assert none["results"] == [] and "No unit directions are stored" in none["missing"][0]
     # A model without a vocabulary (random toy weights) cannot read text.
-    no_text = live_web.get("/api/v1/search/prompt", params={"text": "red", "model": "toy-mute"})
-    assert no_text.status_code == 422 and no_text.json()["reason"] == "no-text-tower"
+    for reading in ("class", "text"):
+        no_text = live_web.get("/api/v1/search/prompt", params={"text": "red", "model": "toy-mute", "reading": reading})
+        assert no_text.status_code == 422 and no_text.json()["reason"] == "no-text-tower", reading
     assert live_web.get("/api/v1/search/prompt", params={"text": "red", "model": "nope"}).status_code == 404
     assert live_web.get("/search", params={"prompt": "red"}).status_code == 422  # a model is needed
+    odd = live_web.get("/api/v1/search/prompt", params={"text": "red", "model": "toy-text", "reading": "loud"})
+    assert odd.status_code == 422
+    page = live_web.get("/search", params={"prompt": "red", "model": "toy-text", "reading": "loud"})
+    assert page.status_code == 422 and "reading" in page.text

@@ -41,9 +41,9 @@ class PromptResult(BaseModel):
     model: str
     layer: str
     index: int
-    rank: int = Field(description="Place in the prompt's sparse code: positive coefficients first, then negative, each largest first.")
+    rank: int = Field(description="Place in the prompt's sparse code: positive coefficients first, then negative, each in the order the pursuit picked them (the first: the direction most aligned with the prompt).")
     coefficient: float = Field(description="Signed weight of the unit's (unit-length) direction in the prompt's sparse code (OMP).")
-    similarity: float = Field(description="Cosine between the unit's direction and the (centred) prompt embedding.")
+    similarity: float = Field(description="Cosine between the unit's direction and the prompt embedding (centred where centred_on says so).")
     label: str | None
     thumbnail_url: str | None = Field(description=THUMBNAIL_URL_DESCRIPTION)
     thumbnail_kind: ThumbnailKind | None = Field(None, description=THUMBNAIL_KIND_DESCRIPTION)
@@ -55,7 +55,8 @@ class PromptPage(BaseModel):
     prompt: str
     model: str
     layer: str | None
+    reading: Literal["class", "text"] = Field("class", description="How the prompt was embedded: as the zero-shot classifier reads a class name (the mean of its prompt templates), or as typed.")
     layers_searched: list[str]
-    centred_on: str | None = Field(None, description="The text pool whose mean embedding was taken from the prompt's.")
+    centred_on: str | None = Field(None, description="The text pool whose mean embedding was taken from the prompt's (the prompt read as typed only).")
     results: list[PromptResult]
     missing: list[str]
