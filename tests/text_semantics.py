@@ -7,7 +7,9 @@
    colours per model). "Its top 50 images" are read two ways, both reported: on the held-out
    object pictures figures.json's colour units were found with (`object_purity`, the bar),
    and on the directions' own dataset, by the generator's colour of each picture's object
-   (`dataset_purity`; word pictures have none, so they count against).
+   (`dataset_purity`; word pictures have none, so they count against). Both of the search's
+   readings of a prompt are measured: as a class name (the default) and as typed. `oracle` is
+   what any ranking could reach: per colour, the purest unit and how many units pass 80 %.
 
 The store is built as a user builds it: register the model and the world dataset, run the
 directions job on the last layer, add the world pool, run the decompose job.
@@ -87,7 +89,7 @@ def build_store(url: str, folder: Path, model: str, images: int, loaded) -> str:
     return layer
 
 
-def measure(model: str, folder: Path, images: int = 2000) -> dict:
+def measure(model: str, folder: Path, images: int = 2000, readings: tuple[str, ...] = ("class", "text")) -> dict:
     from fastapi.testclient import TestClient
 
     from app.server import create_app
@@ -140,24 +142,37 @@ def measure(model: str, folder: Path, images: int = 2000) -> dict:
 
     settings = Settings(database_url=url, data_dir=folder / "data", blob_url=str(folder / "blobs"), device="cpu",
                         live_rate_limit="1000/minute")
-    prompts = {}
+    prompts: dict[str, dict] = {reading: {} for reading in readings}
     with TestClient(create_app(settings)) as client:
-        for colour in COLOURS:
-            body = client.get("/api/v1/search/prompt", params={"text": colour, "model": model, "layer": layer,
-                                                                "k": 8}).json()
-            first = body["results"][0]["index"] if body.get("results") else None
-            prompts[colour] = {
-                "first_unit": first,
-                "coefficient": body["results"][0]["coefficient"] if first is not None else None,
-                "object_purity": None if first is None else round(_purity(object_values, object_colours, first, colour), 3),
-                "dataset_purity": None if first is None else round(_purity(dataset_values, dataset_colours, first, colour), 3),
-                "figures_unit": figures()[model]["multimodal_units"][colour]["unit"],
-            }
-    pure = sum(p["object_purity"] is not None and p["object_purity"] >= PURITY for p in prompts.values())
-    pure_dataset = sum(p["dataset_purity"] is not None and p["dataset_purity"] >= PURITY for p in prompts.values())
+        for reading in readings:
+            for colour in COLOURS:
+                body = client.get("/api/v1/search/prompt", params={"text": colour, "model": model, "layer": layer, "k": 8,
+                                                                    "reading": reading}).json()
+                first = body["results"][0]["index"] if body.get("results") else None
+                prompts[reading][colour] = {
+                    "first_unit": first,
+                    "coefficient": body["results"][0]["coefficient"] if first is not None else None,
+                    "object_purity": None if first is None else round(_purity(object_values, object_colours, first, colour), 3),
+                    "dataset_purity": None if first is None else round(_purity(dataset_values, dataset_colours, first, colour), 3),
+                    "figures_unit": figures()[model]["multimodal_units"][colour]["unit"],
+                }
+    pure = {reading: sum(p["object_purity"] is not None and p["object_purity"] >= PURITY for p in found.values())
+            for reading, found in prompts.items()}
+    pure_dataset = {reading: sum(p["dataset_purity"] is not None and p["dataset_purity"] >= PURITY for p in found.values())
+                    for reading, found in prompts.items()}
     return {"model": model, "layer": layer, "images": images, "units_meeting_bar": sum(u["meets_bar"] for u in units.values()),
             "units_naming_colour": named, "colour_units": units, "prompts": prompts,
-            "prompts_pure_objects": pure, "prompts_pure_dataset": pure_dataset}
+            "prompts_pure_objects": pure, "prompts_pure_dataset": pure_dataset, "oracle": oracle(object_values, object_colours)}
+
+
+def oracle(values: torch.Tensor, colours: list[str]) -> dict:
+    """What any ranking could reach: per colour, the purest unit's purity and how many units
+    have >= 80 % of their top 50 object pictures in that colour."""
+    top = values.topk(TOP_IMAGES, dim=0).indices  # [TOP_IMAGES, units]
+    index = torch.tensor([COLOURS.index(c) for c in colours])
+    purity = torch.stack([(index[top] == k).float().mean(0) for k in range(len(COLOURS))])  # [colours, units]
+    return {c: {"best": round(float(purity[k].max()), 3), "units_pure": int((purity[k] >= PURITY).sum())}
+            for k, c in enumerate(COLOURS)}
 
 
 def main() -> None:
