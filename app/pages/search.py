@@ -91,7 +91,7 @@ def prompt_page(
     colour name of pictures of the written word, so the bare word is nearest the units that
     read it; read as a class name, the first unit of each colour name has >= 80 % of its top 50
     object pictures in that colour for 7 of 8 colours on toy-rn and 8 of 8 on toy-vit, against
-    1 and 6 read as typed (tests/text_semantics.py)."""
+    1 and 6 read as typed (tests/text_semantics.py; other rankings in tests/prompt_semantics.py)."""
     import numpy as np
 
     layers = queries.layers_of(session, [model_id]).get(model_id, [])
