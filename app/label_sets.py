@@ -1,0 +1,73 @@
+"""The label set a live request classifies with, and where its class embeddings come from.
+
+A real CLIP names each class by 80 prompts through its text tower: ImageNet's 1,000 classes are
+80,000 prompts, hours on a CPU, and the model service has one thread. So a live request reads a
+big label set's class embeddings from the store (a text pool's embeddings under the model, the
+same definition: precompute.text_pools.template_means) and hands them to the model service with
+the label set; when the store has none it is refused with the command that computes them,
+rather than holding the service for minutes. Small label sets (the world's, a few labels of the
+user's) are encoded live as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.orm import Session
+
+from app.pages.probe import toy_arch
+from precompute.errors import Problem
+from precompute.zeroshot import LIVE_PROMPT_LIMIT, OPENAI_TEMPLATE_COUNT, LabelSet, from_pool, pool_source, prompt_count
+from store.blobs import BlobStore, MissingBlob
+from store.text_pools import pools_from, stored_embedding
+
+
+def _vectors(request: Request, uri: str) -> Any:
+    """A pool's stored embeddings, read once per process (blob names are content addressed)."""
+    state = request.app.state
+    if not hasattr(state, "pool_embeddings"):
+        from app.cache import TTLCache
+
+        state.pool_embeddings = TTLCache(None, 8)
+    blobs: BlobStore = state.blobs
+
+    def load() -> Any:
+        from app.vectors import load_npy
+
+        return load_npy(blobs, uri)
+
+    return state.pool_embeddings.get(("pool-embeddings", uri), load)
+
+
+def live_labels(request: Request, session: Session, model: dict[str, Any], labels: LabelSet, *,
+                required: bool = True) -> LabelSet:
+    """`labels` for `model` (a store.queries model row), carrying the class embeddings the store
+    holds for them. `required`: the request will classify with them, so a real CLIP's label set
+    too big to encode live and not stored is refused (422, naming the command that stores it)."""
+    toy = toy_arch(model.get("arch"))
+    source = pool_source(labels, toy)
+    if source is not None:
+        found = stored_embedding(session, model["id"], source)
+        if found is not None:
+            texts, uri = found
+            try:
+                stored = from_pool(labels, texts, _vectors(request, uri))
+            except MissingBlob:
+                stored = None
+            if stored is not None:
+                return stored
+    prompts = prompt_count(labels, toy)
+    if not required or toy or prompts <= LIVE_PROMPT_LIMIT:
+        return labels
+    if source is None:
+        raise Problem(422, "too-many-labels-live",
+                      f"{len(labels.names):,} labels are {prompts:,} prompts through {model['id']}'s text tower "
+                      f"({OPENAI_TEMPLATE_COUNT} a label), minutes or more for a live request; give at most "
+                      f"{LIVE_PROMPT_LIMIT // OPENAI_TEMPLATE_COUNT} labels", prompts=prompts, limit=LIVE_PROMPT_LIMIT)
+    pool_id = next(iter(pools_from(session, source)), labels.id)
+    command = f"microscope textpools add {pool_id} --{labels.id} --model {model['id']}"
+    raise Problem(422, "no-text-embeddings",
+                  f"{model['id']} has no stored text embeddings of the {labels.id} label set, whose {prompts:,} prompts "
+                  f"take too long through the text tower for a live request; store them once with `{command}`, "
+                  "or give your own labels", command=command, prompts=prompts, limit=LIVE_PROMPT_LIMIT)
