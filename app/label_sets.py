@@ -11,6 +11,7 @@ user's) are encoded live as before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
@@ -40,23 +41,31 @@ def _vectors(request: Request, uri: str) -> Any:
     return state.pool_embeddings.get(("pool-embeddings", uri), load)
 
 
+def stored_labels(session: Session, model: dict[str, Any], labels: LabelSet,
+                  read: Callable[[str], Any]) -> LabelSet | None:
+    """`labels` carrying the class embeddings the store holds for them under `model` (a
+    store.queries model row), or None; `read` gives a blob's [texts, d] array by its name."""
+    source = pool_source(labels, toy_arch(model.get("arch")))
+    found = stored_embedding(session, model["id"], source) if source is not None else None
+    if found is None:
+        return None
+    texts, uri = found
+    try:
+        return from_pool(labels, texts, read(uri))
+    except MissingBlob:
+        return None
+
+
 def live_labels(request: Request, session: Session, model: dict[str, Any], labels: LabelSet, *,
                 required: bool = True) -> LabelSet:
-    """`labels` for `model` (a store.queries model row), carrying the class embeddings the store
-    holds for them. `required`: the request will classify with them, so a real CLIP's label set
-    too big to encode live and not stored is refused (422, naming the command that stores it)."""
+    """`labels` for `model`, carrying the class embeddings the store holds for them.
+    `required`: the request will classify with them, so a real CLIP's label set too big to
+    encode live and not stored is refused (422, naming the command that stores it)."""
+    stored = stored_labels(session, model, labels, lambda uri: _vectors(request, uri))
+    if stored is not None:
+        return stored
     toy = toy_arch(model.get("arch"))
     source = pool_source(labels, toy)
-    if source is not None:
-        found = stored_embedding(session, model["id"], source)
-        if found is not None:
-            texts, uri = found
-            try:
-                stored = from_pool(labels, texts, _vectors(request, uri))
-            except MissingBlob:
-                stored = None
-            if stored is not None:
-                return stored
     prompts = prompt_count(labels, toy)
     if not required or toy or prompts <= LIVE_PROMPT_LIMIT:
         return labels
