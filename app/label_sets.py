@@ -74,8 +74,8 @@ def live_labels(request: Request, session: Session, model: dict[str, Any], label
                       f"{len(labels.names):,} labels are {prompts:,} prompts through {model['id']}'s text tower "
                       f"({OPENAI_TEMPLATE_COUNT} a label), minutes or more for a live request; give at most "
                       f"{LIVE_PROMPT_LIMIT // OPENAI_TEMPLATE_COUNT} labels", prompts=prompts, limit=LIVE_PROMPT_LIMIT)
-    pool_id = next(iter(pools_from(session, source)), labels.id)
-    command = f"microscope textpools add {pool_id} --{labels.id} --model {model['id']}"
+    pool_id = next(iter(pools_from(session, source)), "imagenet")  # ImageNet's is the one pool source of a label set
+    command = f"microscope textpools add {pool_id} --imagenet --model {model['id']}"
     raise Problem(422, "no-text-embeddings",
                   f"{model['id']} has no stored text embeddings of the {labels.id} label set, whose {prompts:,} prompts "
                   f"take too long through the text tower for a live request; store them once with `{command}`, "
