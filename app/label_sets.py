@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 
 from app.pages.probe import toy_arch
 from precompute.errors import Problem
-from precompute.zeroshot import LIVE_PROMPT_LIMIT, OPENAI_TEMPLATE_COUNT, LabelSet, from_pool, pool_source, prompt_count
-from store.blobs import BlobStore, MissingBlob
-from store.text_pools import pools_from, stored_embedding
+from precompute.zeroshot import LIVE_PROMPT_LIMIT, OPENAI_TEMPLATE_COUNT, LabelSet, pool_source, prompt_count
+from store.blobs import BlobStore
+from store.text_pools import pools_from, stored_label_set
 
 
 def _vectors(request: Request, uri: str) -> Any:
@@ -45,15 +45,7 @@ def stored_labels(session: Session, model: dict[str, Any], labels: LabelSet,
                   read: Callable[[str], Any]) -> LabelSet | None:
     """`labels` carrying the class embeddings the store holds for them under `model` (a
     store.queries model row), or None; `read` gives a blob's [texts, d] array by its name."""
-    source = pool_source(labels, toy_arch(model.get("arch")))
-    found = stored_embedding(session, model["id"], source) if source is not None else None
-    if found is None:
-        return None
-    texts, uri = found
-    try:
-        return from_pool(labels, texts, read(uri))
-    except MissingBlob:
-        return None
+    return stored_label_set(session, None, model["id"], labels, toy_arch(model.get("arch")), read)
 
 
 def live_labels(request: Request, session: Session, model: dict[str, Any], labels: LabelSet, *,

@@ -142,12 +142,13 @@ def prompt_count(labels: LabelSet, toy: bool) -> int:
     return len(labels.names) * (len(TOY_USER_TEMPLATES) if toy else OPENAI_TEMPLATE_COUNT)
 
 
-def _is_toy(loaded: LoadedModel) -> bool:
+def is_toy(loaded: LoadedModel) -> bool:
+    """Whether `loaded` is one of our toy models (a word-level tokenizer, the world's templates)."""
     return hasattr(loaded.tokenizer, "unknown_words")
 
 
 def _check_vocabulary(loaded: LoadedModel, texts: list[str]) -> None:
-    if not _is_toy(loaded):
+    if not is_toy(loaded):
         return
     unknown = sorted({word for text in texts for word in loaded.tokenizer.unknown_words(text)})
     if unknown:
@@ -178,7 +179,7 @@ def _build(loaded: LoadedModel, labels: LabelSet) -> torch.Tensor:
     from precompute.world import COLORS, SHAPES
 
     if labels.id in WORLD_SETS:
-        if not _is_toy(loaded):
+        if not is_toy(loaded):
             raise Problem(422, "world-labels-need-toy-model", "the world's label sets name the synthetic world's classes; use a toy model")
         from precompute.toy.evaluate import class_text_features
 
@@ -188,7 +189,7 @@ def _build(loaded: LoadedModel, labels: LabelSet) -> torch.Tensor:
         if labels.id == "world-colors":
             return F.normalize(features.mean(dim=1), dim=-1)
         return features.reshape(len(COLORS) * len(SHAPES), -1)
-    if _is_toy(loaded):
+    if is_toy(loaded):
         return _prompt_means(loaded, labels.names, TOY_USER_TEMPLATES)
     import open_clip
 
