@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Request, UploadFile
 from sqlalchemy.orm import Session
 
+from app.label_sets import live_labels
 from app.live_typographic import KeptUploads, read_picture
 from app.pages.common import require_model
 from app.pages.discover import discover_result
@@ -142,6 +143,7 @@ def prepare(request: Request, session: Session, model_id: str, form: DiscoverFor
 
     if not 1 <= form.top <= 50:
         raise Problem(422, "bad-top", "top is between 1 and 50 texts")
+    labels = live_labels(request, session, model, label_set(form.labels or default_label_set(model["arch"])))
     concept_layer = form.layer or (stored[-1] if stored else None)
     if concept_layer is None:
         raise Problem(422, "no-directions", f"no layer of {model_id} has stored directions; run `microscope precompute "
@@ -194,7 +196,6 @@ def prepare(request: Request, session: Session, model_id: str, form: DiscoverFor
                               "run `microscope precompute examples` for the layer, or ablate to zero")
             values = tuple(float(means[u]) for u in units)
         ablations = (Ablation(ablate_layer, units, form.ablate_mode, values),)
-    labels = label_set(form.labels or default_label_set(model["arch"]))
     live_request = DiscoverRequest(concepts, seg, class_name, labels, ablations, top_texts=form.top)
     summary = {
         "concept_layer": concept_layer,
@@ -254,6 +255,8 @@ def cues(request: Request, session: Session, *, model_id: str, source: str, targ
     labels = label_set(default_label_set(model["arch"]))
     if source.lower() not in (n.lower() for n in labels.names) or target.lower() not in (n.lower() for n in labels.names):
         labels = label_set(labels=[source, target])
+    # the verification (toy models) classifies; a real CLIP's cues need no class embeddings
+    labels = live_labels(request, session, model, labels, required=False)
     live = request.app.state.model_service.cues(model_id, CuesRequest(tuple(known), source, target, labels, top=top))
     from app.pages.cues import cues_result
 

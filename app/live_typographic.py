@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request, UploadFile
 from sqlalchemy.orm import Session
 
+from app.label_sets import live_labels
 from app.live import read_upload, upload_limits
 from app.pages.common import require_layer, require_model
 from app.pages.probe import default_label_set, default_layer
@@ -155,7 +156,7 @@ def typographic_probe(
     layer = layer or default_layer(layers) or ""
     require_layer(session, model_id, layer)
     text = check_text(form.text)
-    labels = _labels(form, model["arch"])
+    labels = live_labels(request, session, model, _labels(form, model["arch"]))
     silence = _silence(form.silence)
     if form.setup == "custom":
         _placements(form, 1, 1)  # a bad placement is refused before the picture is read

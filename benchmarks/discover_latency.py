@@ -13,7 +13,12 @@ requests against the single p50 (target: within 3x) and against one request meas
 each round, and the baseline of
 the same server answering GET /healthz (the fixed cost of a request).
 
-    python -m benchmarks.discover_latency [--model toy-vit|ViT-B-32] [--requests 20] [--torch-threads 1]
+With --labels imagenet (ViT-B-32) the zero-shot prediction is over ImageNet's 1,000 classes, read
+per request from stored pool embeddings (random unit-length rows written into the built store) as
+the live page reads them.
+
+    python -m benchmarks.discover_latency [--model toy-vit|ViT-B-32] [--labels small|imagenet] [--requests 20]
+        [--torch-threads 1]
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks._common import machine
+from benchmarks._common import imagenet_reader, machine, stored_imagenet
 from benchmarks._web import DEMO_ROOT
 
 VIT = "ViT-B-32"
@@ -146,11 +151,11 @@ def _store(model: str, tmp: Path) -> Path:
 VIT_LABELS = ("cat", "dog", "pizza", "car", "iPod")
 
 
-def _service_run(data_dir: Path, requests: int, rounds: int, torch_threads: int) -> dict:
-    """ViT-B-32 through the app's model service in this process: the form's label sets are the
-    world's (toy models only) and ImageNet's, whose 80,000 prompts take hours through a CPU's text
-    tower, so the zero-shot prediction here is over five user labels. The store reads and the
-    page around the answer are the toy model's (a few ms; see its HTTP figures)."""
+def _service_run(data_dir: Path, requests: int, rounds: int, torch_threads: int, imagenet: bool = False) -> dict:
+    """ViT-B-32 through the app's model service in this process: the zero-shot prediction is over
+    five user labels, or (`imagenet`) over ImageNet's classes read from stored embeddings per
+    request. The other store reads and the page around the answer are the toy model's (a few ms;
+    see its HTTP figures)."""
     import torch
     from PIL import Image
 
@@ -184,12 +189,18 @@ def _service_run(data_dir: Path, requests: int, rounds: int, torch_threads: int)
             return load_registered(session, model_id, device="cpu")
 
     service = ModelService(load, max_queue=64, max_batch=8, timeout=600)
-    labels = label_set(labels=list(VIT_LABELS))
+    url, blob_url = f"sqlite:///{data_dir / 'microscope.db'}", str(data_dir / "blobs")
+    if imagenet:
+        stored_imagenet(url, blob_url, VIT_ID, 512)
+        labels = imagenet_reader(url, blob_url, VIT_ID)
+    else:
+        small = label_set(labels=list(VIT_LABELS))
+        labels = lambda: small  # noqa: E731
     pictures = [Image.open(io.BytesIO(png)).convert("RGB") for png in _pngs(8)]
     try:
         def one(picture=pictures[0]) -> float:
             began = time.perf_counter()
-            service.discover(VIT_ID, picture, DiscoverRequest(concepts, seg, "dog", labels, ()))
+            service.discover(VIT_ID, picture, DiscoverRequest(concepts, seg, "dog", labels(), ()))
             return time.perf_counter() - began
 
         for picture in pictures[:2]:
@@ -218,7 +229,8 @@ def _service_run(data_dir: Path, requests: int, rounds: int, torch_threads: int)
     finally:
         service.close()
         engine.dispose()
-    return {"singles": singles, "rounds": measured, "alone": alone, "path": "model service, in process"}
+    return {"singles": singles, "rounds": measured, "alone": alone, "path": "model service, in process",
+            "labels": "imagenet, stored" if imagenet else "5 user labels"}
 
 
 def main() -> None:
@@ -227,6 +239,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of 8 concurrent requests")
     parser.add_argument("--workers", type=int, default=1, help="server processes (toy-vit over HTTP)")
+    parser.add_argument("--labels", choices=["small", "imagenet"], default="small",
+                        help="ViT-B-32's zero-shot labels: five user labels, or ImageNet's read from stored embeddings")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="the server's MICROSCOPE_TORCH_THREADS (0: torch's default, every core)")
     args = parser.parse_args()
@@ -234,15 +248,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = _store(args.model, Path(tmp))
         if args.model == VIT:
-            run = _service_run(data_dir, args.requests, args.rounds, args.torch_threads)
+            run = _service_run(data_dir, args.requests, args.rounds, args.torch_threads, args.labels == "imagenet")
             singles, rounds, alone, health = run["singles"], run["rounds"], run["alone"], None
+            labels = run["labels"]
         else:
+            labels = "world-shapes"
             singles, rounds, alone, health = _http_run(data_dir, Path(tmp), model_id, class_name, args)
     p50 = statistics.median(singles)
     ratios = sorted(r / a for r, a in zip(rounds, alone))
     print(json.dumps({
         "benchmark": "discover_latency", "model": model_id, "arch": args.model, "machine": machine(),
-        "path": "model service, in process" if args.model == VIT else "HTTP, uvicorn",
+        "path": "model service, in process" if args.model == VIT else "HTTP, uvicorn", "labels": labels,
         "load_average_1m": round(os.getloadavg()[0], 2), "torch_threads": args.torch_threads, "workers": args.workers,
         "single_p50_s": round(p50, 4), "single_p90_s": round(singles[int(0.9 * (len(singles) - 1))], 4),
         "single_min_s": round(singles[0], 4),

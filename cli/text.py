@@ -37,8 +37,14 @@ def textpools_add(
     file: Annotated[Optional[Path], typer.Option(help="A file of yours: one text per line.")] = None,
     imagenet: Annotated[bool, typer.Option("--imagenet", help="ImageNet's class names, embedded with open_clip's 80 prompt templates.")] = False,
     world: Annotated[bool, typer.Option("--world", help="The synthetic world's vocabulary (what the toy models know).")] = False,
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="A registered model to embed the pool for now "
+                                                       "(repeatable); live zero-shot pages read ImageNet's classes from "
+                                                       "these embeddings.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda for --model (default: settings).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Add a text pool. Its embeddings are computed once per model, on first use."""
+    """Add a text pool. Its embeddings are computed once per model: for each --model now,
+    otherwise on first use."""
     from precompute.text_pools import pool_texts
     from store.text_pools import add_pool
 
@@ -50,12 +56,46 @@ def textpools_add(
     engine, sessions = _sessions()
     try:
         with sessions() as session:
-            _, created = add_pool(session, pool_id, texts.texts, texts.source)
+            pool, created = add_pool(session, pool_id, texts.texts, texts.source)
+            if model:
+                from store.loading import require_model
+
+                for model_id in model:
+                    require_model(session, model_id)  # an unknown model is refused before the pool is committed
             session.commit()
+            state = "added" if created else "already there"
+            typer.echo(f"{state}: pool {pool_id} ({len(texts.texts):,} texts: {texts.description})")
+            for model_id in dict.fromkeys(model or ()):
+                _embed_pool(session, pool, model_id, device, quiet)
+    except MicroscopeError as error:
+        _fail(str(error))
     finally:
         engine.dispose()
-    state = "added" if created else "already there"
-    typer.echo(f"{state}: pool {pool_id} ({len(texts.texts):,} texts: {texts.description})")
+
+
+def _embed_pool(session, pool, model_id: str, device: str | None, quiet: bool) -> None:
+    """The pool's embeddings under one model, computed and committed unless already stored."""
+    from tqdm import tqdm
+
+    from precompute.text_pools import encode_pool
+    from store.blobs import BlobStore
+    from store.loading import load_registered
+    from store.text_pools import pool_embeddings
+
+    settings = get_settings()
+    if device:
+        settings = settings.model_copy(update={"device": device})
+
+    def compute():
+        loaded = load_registered(session, model_id, device=settings.resolved_device())
+        with tqdm(total=len(pool.texts), desc=f"{pool.id} under {model_id}", unit="text", disable=quiet) as bar:
+            return encode_pool(loaded.model, loaded.tokenizer, list(pool.texts), pool.source, device=loaded.device,
+                               progress=bar.update).numpy()
+
+    vectors, computed = pool_embeddings(session, BlobStore(settings.blob_url), model_id, pool, compute)
+    session.commit()
+    state = "embedded" if computed else "already embedded"
+    typer.echo(f"{state}: pool {pool.id} under {model_id} ({vectors.shape[0]:,} x {vectors.shape[1]})")
 
 
 @textpools_app.command("list")

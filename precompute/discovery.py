@@ -658,7 +658,7 @@ def class_embedding(loaded: LoadedModel, name: str) -> torch.Tensor:
     name = (name or "").strip()
     if not name:
         raise Problem(422, "empty-class-name", "the class name is empty")
-    if zeroshot._is_toy(loaded):  # noqa: SLF001 -- the zero-shot module's own test
+    if zeroshot.is_toy(loaded):
         for set_id in ("world-shapes", "world-colors", "world"):
             labels = zeroshot.label_set(set_id)
             if name.lower() in (n.lower() for n in labels.names):

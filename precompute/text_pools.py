@@ -86,10 +86,33 @@ def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[st
     return torch.cat(out)
 
 
+def template_means(encode: Callable[[list[str]], torch.Tensor], names: Sequence[str], templates: Sequence, *,
+                   batch_size: int = 1000, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """CLIP's zero-shot class embeddings [names, d]: each name the unit-length mean of the
+    unit-length embeddings of its prompts (`templates`: format strings or callables). The one
+    definition that zero-shot classification and a templated pool (ImageNet's) share, so that a
+    pool's stored embeddings stand in for the live classifier's. `encode` maps prompts to
+    embeddings; whole classes go through it together, about `batch_size` prompts at a time."""
+    templates = tuple(templates)
+    per_batch = max(1, batch_size // max(len(templates), 1))
+    rows = []
+    for start in range(0, len(names), per_batch):
+        chunk = list(names[start:start + per_batch])
+        prompts = [template(name) if callable(template) else template.format(name) for name in chunk for template in templates]
+        features = F.normalize(encode(prompts).float(), dim=-1).view(len(chunk), len(templates), -1)
+        rows.append(F.normalize(features.mean(dim=1), dim=-1))
+        if progress:
+            progress(len(chunk))
+    if not rows:
+        raise MicroscopeError("the pool holds no texts")
+    return torch.cat(rows)
+
+
 def encode_pool(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[str], source: str, *,
                 batch_size: int = 256, device: torch.device | str = "cpu",
                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """The pool's unit-length embeddings [M, d], one row per text, with its templates if any."""
+    """The pool's unit-length embeddings [M, d], one row per text, with its templates if any
+    (a templated text is a class, embedded as the zero-shot classifier embeds it)."""
     templates = templates_for(source)
     if templates is None:
         rows = []
@@ -99,11 +122,5 @@ def encode_pool(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[str
             if progress:
                 progress(len(rows[-1]))
         return torch.cat(rows)
-    rows = []
-    for text in texts:  # a class: the mean over its prompts, as the zero-shot classifier
-        prompts = [template(text) for template in templates]
-        rows.append(F.normalize(encode_texts(model, tokenizer, prompts, batch_size=batch_size, device=device).mean(0),
-                                dim=-1))
-        if progress:
-            progress(1)
-    return torch.stack(rows)
+    return template_means(lambda prompts: encode_texts(model, tokenizer, prompts, batch_size=batch_size, device=device),
+                          texts, templates, batch_size=max(batch_size, len(templates)), progress=progress)

@@ -12,6 +12,11 @@ A label set is a list of class names and the prompts that name each class:
     world's singular templates for a toy model, whose word-level vocabulary knows no others.
 
 Class text embeddings are cached per (model, label set): the text tower runs once per pair.
+ImageNet's 80,000 prompts take hours through a CPU's text tower, so a real CLIP's ImageNet
+classes are read instead from a text pool's stored embeddings (`precompute.text_pools`, the
+same definition, `template_means`): the caller attaches them to the label set
+(`LabelSet.with_features`, `from_pool`), and a label set carrying features never reaches the
+text tower. `prompt_count` says how many prompts a label set costs a model live.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +39,10 @@ MAX_USER_LABELS = 1000
 MAX_LABEL_CHARS = 64
 # The world's singular prompts with a free class name: what a toy tokenizer can read.
 TOY_USER_TEMPLATES = ("a photo of a {}", "a {}", "a picture of a {}")
+# Prompts a live request may send through a real CLIP's text tower: a few minutes on a busy CPU
+# at most; a bigger label set needs its embeddings stored first (a text pool) or fewer labels.
+LIVE_PROMPT_LIMIT = 2000
+OPENAI_TEMPLATE_COUNT = 80  # len(open_clip.OPENAI_IMAGENET_TEMPLATES), without importing open_clip
 
 
 @dataclass(frozen=True)
@@ -42,10 +51,17 @@ class LabelSet:
 
     id: str
     names: tuple[str, ...]
+    # [classes, d] unit-length class embeddings read from the store, used instead of the text tower
+    features: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
     def user(self) -> bool:
         return self.id not in BUILTIN_SETS
+
+    def with_features(self, features: torch.Tensor) -> "LabelSet":
+        if features.ndim != 2 or features.shape[0] != len(self.names):
+            raise ValueError(f"class embeddings of {self.id!r} must be [{len(self.names)}, d], got {tuple(features.shape)}")
+        return replace(self, features=F.normalize(features.float(), dim=-1))
 
     def index(self, name: str) -> int:
         """The class called `name` (any case), or a 422 naming the set."""
@@ -95,12 +111,44 @@ def label_set(spec: str | None = None, labels: list[str] | tuple[str, ...] | Non
     raise Problem(422, "unknown-label-set", f"no label set {spec!r}; built-in sets: {', '.join(BUILTIN_SETS)}, or give your own labels")
 
 
-def _is_toy(loaded: LoadedModel) -> bool:
+def pool_source(labels: LabelSet, toy: bool) -> str | None:
+    """The text-pool source whose stored embeddings are this label set's class embeddings for a
+    model, or None: ImageNet's pool embeds each class as a real CLIP's zero-shot classifier does
+    (OpenAI's templates); a toy model names classes with the world's templates instead."""
+    from precompute.text_pools import IMAGENET_SOURCE
+
+    return IMAGENET_SOURCE if labels.id == "imagenet" and not toy else None
+
+
+def from_pool(labels: LabelSet, texts, vectors) -> LabelSet | None:
+    """The label set with its class embeddings read from a pool's stored [texts, d] `vectors`
+    (row i embeds texts[i]; a name that appears twice in the set, as two of ImageNet's do, reads
+    the one row), or None when the pool lacks one of the set's names."""
+    import numpy as np
+
+    row = {text: i for i, text in enumerate(texts)}
+    if any(name not in row for name in labels.names):
+        return None
+    matrix = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    return labels.with_features(matrix[[row[name] for name in labels.names]])
+
+
+def prompt_count(labels: LabelSet, toy: bool) -> int:
+    """Prompts the text tower encodes to name `labels` live (the world's sets: its ensemble)."""
+    if labels.id in WORLD_SETS:
+        from precompute.toy.evaluate import PLURAL_TEMPLATES, SINGULAR_TEMPLATES
+
+        return len(world_names("world")) * (len(SINGULAR_TEMPLATES) + len(PLURAL_TEMPLATES))
+    return len(labels.names) * (len(TOY_USER_TEMPLATES) if toy else OPENAI_TEMPLATE_COUNT)
+
+
+def is_toy(loaded: LoadedModel) -> bool:
+    """Whether `loaded` is one of our toy models (a word-level tokenizer, the world's templates)."""
     return hasattr(loaded.tokenizer, "unknown_words")
 
 
 def _check_vocabulary(loaded: LoadedModel, texts: list[str]) -> None:
-    if not _is_toy(loaded):
+    if not is_toy(loaded):
         return
     unknown = sorted({word for text in texts for word in loaded.tokenizer.unknown_words(text)})
     if unknown:
@@ -110,19 +158,28 @@ def _check_vocabulary(loaded: LoadedModel, texts: list[str]) -> None:
 
 @torch.inference_mode()
 def _prompt_means(loaded: LoadedModel, names: tuple[str, ...], templates, batch: int = 1000) -> torch.Tensor:
+    from precompute.text_pools import template_means
     from precompute.toy.evaluate import encode_texts
 
-    texts = [template(name) if callable(template) else template.format(name) for name in names for template in templates]
-    _check_vocabulary(loaded, texts)
-    features = torch.cat([encode_texts(loaded, texts[i:i + batch]) for i in range(0, len(texts), batch)])
-    return F.normalize(features.view(len(names), len(templates), -1).mean(dim=1), dim=-1)
+    _check_vocabulary(loaded, [template(name) if callable(template) else template.format(name)
+                               for name in names for template in templates])
+    return template_means(lambda prompts: encode_texts(loaded, prompts), names, templates, batch_size=batch)
+
+
+def _stored(loaded: LoadedModel, labels: LabelSet) -> torch.Tensor:
+    features = labels.features
+    dimension = getattr(getattr(loaded.model, "visual", None), "output_dim", None)
+    if dimension is not None and features.shape[1] != dimension:
+        raise Problem(409, "stale-text-embeddings", f"the stored class embeddings of {labels.id!r} have {features.shape[1]} "
+                      f"dimensions, {loaded.model_id}'s joint space {dimension}; compute them again for this model")
+    return features.to(loaded.device)
 
 
 def _build(loaded: LoadedModel, labels: LabelSet) -> torch.Tensor:
     from precompute.world import COLORS, SHAPES
 
     if labels.id in WORLD_SETS:
-        if not _is_toy(loaded):
+        if not is_toy(loaded):
             raise Problem(422, "world-labels-need-toy-model", "the world's label sets name the synthetic world's classes; use a toy model")
         from precompute.toy.evaluate import class_text_features
 
@@ -132,7 +189,7 @@ def _build(loaded: LoadedModel, labels: LabelSet) -> torch.Tensor:
         if labels.id == "world-colors":
             return F.normalize(features.mean(dim=1), dim=-1)
         return features.reshape(len(COLORS) * len(SHAPES), -1)
-    if _is_toy(loaded):
+    if is_toy(loaded):
         return _prompt_means(loaded, labels.names, TOY_USER_TEMPLATES)
     import open_clip
 
@@ -154,6 +211,8 @@ class TextFeatureCache:
         return (loaded.model_id, loaded.spec.name, weights, id(loaded.model), getattr(labels, "id", labels))
 
     def get(self, loaded: LoadedModel, labels: LabelSet) -> torch.Tensor:
+        if labels.features is not None:  # read from the store: no text tower, nothing to keep
+            return _stored(loaded, labels)
         return self.get_keyed(loaded, labels.id, lambda: _build(loaded, labels))
 
     def get_keyed(self, loaded: LoadedModel, name: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -177,7 +236,8 @@ DEFAULT_CACHE = TextFeatureCache()
 
 
 def class_features(loaded: LoadedModel, labels: LabelSet, cache: TextFeatureCache | None = None) -> torch.Tensor:
-    """(classes, dim) unit vectors naming `labels` for `loaded`, from the cache."""
+    """(classes, dim) unit vectors naming `labels` for `loaded`: the label set's stored
+    features when it carries them, otherwise from the cache."""
     return (cache or DEFAULT_CACHE).get(loaded, labels)
 
 

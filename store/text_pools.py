@@ -97,6 +97,45 @@ def pool_embeddings(
     return vectors, True
 
 
+def stored_embedding(session: Session, model_id: str, source: str) -> tuple[tuple[str, ...], str] | None:
+    """(texts, blob name) of the embeddings under the model of a pool from `source` that match
+    the pool's current texts (the most recently computed, if several pools qualify), or None."""
+    rows = session.execute(
+        select(TextPool.texts, TextEmbedding.texts_sha256, TextEmbedding.blob_uri)
+        .join(TextEmbedding, TextEmbedding.pool_id == TextPool.id)
+        .where(TextEmbedding.model_id == model_id, TextPool.source == source)
+        .order_by(TextEmbedding.created_at.desc(), TextEmbedding.id.desc())
+    )
+    for texts, digest, uri in rows:
+        if texts_sha256(texts) == digest:
+            return tuple(texts), uri
+    return None
+
+
+def stored_label_set(session: Session, blobs: BlobStore | None, model_id: str, labels: Any, toy: bool,
+                     read: Callable[[str], np.ndarray] | None = None) -> Any:
+    """`labels` (a precompute.zeroshot.LabelSet) carrying the class embeddings a pool stores for
+    them under the model (precompute.zeroshot.pool_source, from_pool), or None when none does.
+    `read` gives a blob's array by its name (default: read from `blobs`); a lost blob is None."""
+    from precompute.zeroshot import from_pool, pool_source
+
+    source = pool_source(labels, toy)
+    found = stored_embedding(session, model_id, source) if source is not None else None
+    if found is None:
+        return None
+    texts, uri = found
+    try:
+        vectors = read(uri) if read is not None else np.load(io.BytesIO(blobs.get(uri)), allow_pickle=False)
+    except MissingBlob:
+        return None
+    return from_pool(labels, texts, vectors)
+
+
+def pools_from(session: Session, source: str) -> list[str]:
+    """The ids of the pools drawn from `source`, in order."""
+    return list(session.execute(select(TextPool.id).where(TextPool.source == source).order_by(TextPool.id)).scalars())
+
+
 def latest_embedding(session: Session, model_id: str) -> tuple[str, str] | None:
     """(pool id, blob name) of the pool embeddings most recently cached for the model."""
     row = session.execute(

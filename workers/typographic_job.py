@@ -178,7 +178,9 @@ def load_dataset_images(session, blobs: BlobStore, dataset_id: str, limit: int) 
 
 def run_typographic_pass(task: TypographicTask, *, loaded=None, progress: Progress | None = None) -> dict:
     """Run (or resume) the evaluation of `task`; usable in-process and as a Ray task."""
+    from precompute.zeroshot import is_toy
     from store.loading import load_registered
+    from store.text_pools import stored_label_set
 
     set_threads(task.threads)
     request = task.request
@@ -192,7 +194,10 @@ def run_typographic_pass(task: TypographicTask, *, loaded=None, progress: Progre
                 if loaded is None:
                     loaded = load_registered(session, request.model_id, device=request.device)
                 images = load_dataset_images(session, blobs, request.dataset_id, request.limit)
-            work = _TypographicPass(task, rows["eval"], loaded, images, StateStore(task.store.states))
+                # a real CLIP's ImageNet classes from their stored embeddings, not 80,000 prompts
+                labels = request.label_set()
+                labels = stored_label_set(session, blobs, request.model_id, labels, is_toy(loaded)) or labels
+            work = _TypographicPass(task, rows["eval"], loaded, images, StateStore(task.store.states), labels)
             cadence = Cadence(request.checkpoint_every, request.checkpoint_seconds)
             result = run_pass(sessions, work, rows, len(task.specs), cadence, progress)
         return {"attacks": result.items}
@@ -204,10 +209,10 @@ class _TypographicPass:
     """The loop's work: items are the attacks; each checkpoint writes the rows of the attacks
     since the last one and a small state file holding the plan."""
 
-    def __init__(self, task: TypographicTask, job, loaded, images: list, states: StateStore) -> None:
+    def __init__(self, task: TypographicTask, job, loaded, images: list, states: StateStore, labels) -> None:
         self.task, self.request, self.loaded, self.images, self.states = task, task.request, loaded, images, states
         self.job_id, self.previous = job.id, job.state_uri
-        self.labels = task.request.label_set()
+        self.labels = labels
         self.cache = TextFeatureCache()
         if not images:
             raise MicroscopeError(f"dataset '{task.request.dataset_id}' has no pictures")

@@ -65,9 +65,14 @@ def probe_form(
     }
 
 
+def toy_arch(arch: str | None) -> bool:
+    """Whether a registered architecture is one of our toy models (their own tokenizer and templates)."""
+    return (arch or "").startswith("toy")
+
+
 def default_label_set(arch: str | None) -> str:
     """The world's shapes for our toy models, ImageNet's classes for a real CLIP."""
-    return "world-shapes" if (arch or "").startswith("toy") else "imagenet"
+    return "world-shapes" if toy_arch(arch) else "imagenet"
 
 
 def labelled_probe_form(

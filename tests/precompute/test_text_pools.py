@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from precompute.errors import MicroscopeError
+from precompute.errors import MicroscopeError, Problem
 from precompute.registry import load_embedded
 from precompute.text_pools import IMAGENET_SOURCE, encode_pool, pool_texts, templates_for
 
@@ -52,3 +52,39 @@ def test_embeddings_are_unit_length_and_imagenet_classes_average_their_templates
             assert torch.allclose(row, F.normalize(prompts.mean(0), dim=0), atol=1e-5)
     assert torch.allclose(classes.norm(dim=1), torch.ones(2), atol=1e-5)
     assert not torch.allclose(classes, plain[:2], atol=1e-3)  # the templates change the embedding
+
+
+def test_a_label_set_reads_its_class_embeddings_from_a_pool_without_the_text_tower():
+    """ImageNet's 1,000 classes from the pool's 998 rows (two names are classes twice), and a
+    label set carrying stored embeddings classifies as the live one does, with no text-tower call."""
+    import numpy as np
+
+    from precompute.zeroshot import class_features, classify, from_pool, label_set, pool_source, prompt_count
+    from precompute.world import object_image
+
+    imagenet = label_set("imagenet")
+    texts = pool_texts("imagenet").texts
+    vectors = np.random.default_rng(0).standard_normal((len(texts), 8)).astype(np.float32)
+    stored = from_pool(imagenet, texts, vectors)
+    assert stored.features.shape == (1000, 8) and stored == imagenet  # the same label set, features aside
+    missile = [i for i, name in enumerate(imagenet.names) if name == "missile"]
+    assert len(missile) == 2 and torch.equal(stored.features[missile[0]], stored.features[missile[1]])
+    goldfish = imagenet.names.index("goldfish")
+    assert torch.allclose(stored.features[goldfish], F.normalize(torch.from_numpy(vectors[texts.index("goldfish")]), dim=0))
+    assert from_pool(imagenet, texts[1:], vectors[1:]) is None  # a pool without every class
+    assert pool_source(imagenet, toy=False) == IMAGENET_SOURCE and pool_source(imagenet, toy=True) is None
+    assert prompt_count(imagenet, toy=False) == 80_000 and prompt_count(label_set(labels=["a", "b"]), toy=True) == 6
+
+    loaded = load_embedded("toy-rn")
+    shapes = label_set("world-shapes")
+    live = class_features(loaded, shapes).clone()
+    calls = []
+    encode = loaded.model.encode_text
+    loaded.model.encode_text = lambda tokens, *a, **k: calls.append(len(tokens)) or encode(tokens, *a, **k)
+    pictures = [object_image("circle", "red", 1, np.random.default_rng([1, i])).image for i in range(3)]
+    from_store = classify(loaded, pictures, shapes.with_features(live))
+    assert calls == []
+    assert torch.allclose(from_store, classify(loaded, pictures, shapes), atol=1e-6)
+    with pytest.raises(Problem) as refused:  # embeddings of another model's joint space
+        class_features(loaded, shapes.with_features(torch.ones(6, 3)))
+    assert refused.value.status == 409 and refused.value.reason == "stale-text-embeddings"

@@ -164,3 +164,61 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(database_url: str, tmp_p
     print("killed mid-run" if killed else "finished before the kill", "at cursor", _cursor(database_url))
     subprocess.run([sys.executable, "-m", "cli.main", *EVAL], env=env, check=True, timeout=600)
     assert rows(database_url) == rows(clean_url) and len(rows(clean_url)) == 12
+
+
+@pytest.mark.slow
+def test_a_real_clip_evaluates_over_stored_imagenet_embeddings(tmp_path: Path) -> None:
+    """ImageNet's classes come from the model's stored pool embeddings (no text-tower call; the
+    80,000 prompts would take hours here), and the row's success is what those embeddings say."""
+    from precompute.text_pools import IMAGENET_SOURCE, pool_texts
+    from precompute.typographic import AttackSpec, render_attack
+    from store.blobs import BlobStore
+    from store.text_pools import add_pool, pool_embeddings
+    from workers.datasets import DatasetSource, register_dataset
+    from workers.typographic_job import TypographicRequest, run_typographic
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    migrations.upgrade(url)
+    loaded = register_random(url, "vit", "ViT-B-32")
+    texts = pool_texts("imagenet").texts
+    random = np.random.default_rng(5).standard_normal((len(texts), 512)).astype(np.float32)
+    vectors = random / np.linalg.norm(random, axis=1, keepdims=True)
+    engine = make_engine(url)
+    try:
+        register_dataset(make_sessionmaker(engine), BlobStore(str(tmp_path / "blobs")), "held-out",
+                         DatasetSource("folder", str(write_held_out(tmp_path / "pictures", 4))))
+        with make_sessionmaker(engine)() as session:
+            pool, _ = add_pool(session, "imagenet", texts, IMAGENET_SOURCE)
+            pool_embeddings(session, BlobStore(str(tmp_path / "blobs")), "vit", pool, lambda: vectors)
+            session.commit()
+    finally:
+        engine.dispose()
+    calls: list[int] = []  # the real text tower, wrapped to count the prompts it encodes
+    encode = loaded.model.encode_text
+    loaded.model.encode_text = lambda tokens, *a, **k: calls.append(len(tokens)) or encode(tokens, *a, **k)
+    request = TypographicRequest("vit", "held-out", labels="imagenet", attacks=(AttackSpec("goldfish", "goldfish"),),
+                                 search=False)
+    summary = run_typographic(store_config(url, tmp_path), request, show_progress=False, loaded=loaded)
+    assert summary["status"] == "done" and calls == []
+    [row] = rows(url)
+    assert row[2] == "imagenet" and row[5] == "goldfish"
+
+    import open_clip
+    from PIL import Image
+
+    index = {t: i for i, t in enumerate(texts)}
+    classes = torch.from_numpy(vectors)[[index[name] for name in open_clip.IMAGENET_CLASSNAMES]]
+    pictures = [Image.open(p).convert("RGB") for p in sorted((tmp_path / "pictures").glob("*.png"))]
+    target = open_clip.IMAGENET_CLASSNAMES.index("goldfish")
+    with torch.inference_mode():
+        def top(images):
+            return (F.normalize(encode_image(loaded, images), dim=-1) @ classes.t()).argmax(dim=1)
+
+        clean, attacked = top(pictures), top([render_attack(p, "goldfish").image for p in pictures])
+    keep = clean != target
+    assert row[9] == int(keep.sum())
+    assert row[7] == pytest.approx(float((attacked[keep] == target).float().mean()) if keep.any() else 0.0)
+
+
+def encode_image(loaded, images):
+    return loaded.model.encode_image(torch.stack([loaded.preprocess(i) for i in images]))
