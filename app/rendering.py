@@ -4,6 +4,7 @@ response goes through (error pages included)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -79,18 +80,24 @@ def render(
 
 
 def render_anonymous(
-    request: Request, template: str, page: dict[str, Any], json_url: str, cache: TTLCache | None, key: tuple, **extra: Any,
+    request: Request, template: str, build: Callable[[], dict[str, Any]], cache: TTLCache | None, key: tuple, **extra: Any,
 ) -> HTMLResponse:
     """`render` for a visitor who is not logged in, reusing the body rendered before under the
-    same `key` (which must name everything the page shows) and the same request path.
+    same `key` (which must name everything the page shows) and the same request path; `build`
+    makes the page's data (its JSON twin at `api_url`), only when the body is not cached.
 
     Such a page embeds no CSRF token or user, so its body is the same for every anonymous
-    visitor; big pages (a unit's 128 examples) cost far more to render than to look up."""
+    visitor; big pages (a unit's 128 examples) cost far more to build and render than to look up."""
+
+    def body() -> bytes:
+        page = build()
+        return bytes(render(request, template, page, page["api_url"], user=None, **extra).body)
+
     if cache is None:
-        return render(request, template, page, json_url, user=None, **extra)
-    full_key = (template, request.scope.get("root_path", ""), request.url.path, request.url.query, key)
-    body = cache.get(full_key, lambda: bytes(render(request, template, page, json_url, user=None, **extra).body))
-    response = HTMLResponse(body)
+        response = HTMLResponse(body())
+    else:
+        full_key = (template, request.scope.get("root_path", ""), request.url.path, request.url.query, key)
+        response = HTMLResponse(cache.get(full_key, body))
     if not request.cookies.get(auth.CSRF_COOKIE):
         set_cookie(request, response, auth.CSRF_COOKIE, auth.new_csrf(), http_only=False)
     return response

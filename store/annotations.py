@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from precompute.errors import Problem
-from store.models import Annotation, ApiToken, Collection, CollectionUnit, Unit, utcnow
+from store.models import Annotation, ApiToken, Collection, CollectionUnit, EditStamp, Unit, utcnow
 
 TOKEN_PREFIX = "msk_"
 COLLECTION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -81,6 +81,11 @@ def revoke_token(session: Session, prefix_or_id: str) -> list[ApiToken]:
 
 
 # -- labels and notes ----------------------------------------------------------------------------
+def _edited(session: Session) -> None:
+    """Count one more edit (see store.queries.edit_stamp), in the write's own transaction."""
+    session.execute(update(EditStamp).where(EditStamp.id == 1).values(edits=EditStamp.edits + 1))
+
+
 def _clean(text: str, limit: int, what: str) -> str:
     text = (text or "").strip()
     if not text:
@@ -98,17 +103,20 @@ def set_label(session: Session, unit_id: int, text: str, author: str) -> Annotat
     session.execute(update(Unit).where(Unit.id == unit_id).values(label=text).execution_options(synchronize_session=False))
     row = Annotation(unit_id=unit_id, kind="label", text=text, author=author)
     session.add(row)
+    _edited(session)
     session.flush()
     return row
 
 
 def clear_label(session: Session, unit_id: int) -> None:
     session.execute(update(Unit).where(Unit.id == unit_id).values(label=None).execution_options(synchronize_session=False))
+    _edited(session)
 
 
 def add_note(session: Session, unit_id: int, text: str, author: str) -> Annotation:
     row = Annotation(unit_id=unit_id, kind="note", text=_clean(text, MAX_TEXT, "note"), author=author)
     session.add(row)
+    _edited(session)
     session.flush()
     return row
 
@@ -124,6 +132,7 @@ def edit_note(session: Session, annotation: Annotation, text: str, author: str) 
         raise Problem(403, "not-your-note", f"only {annotation.author} can edit this note")
     annotation.text = _clean(text, MAX_TEXT, "note")
     annotation.updated_at = utcnow()
+    _edited(session)
     session.flush()
     return annotation
 
@@ -134,6 +143,7 @@ def delete_note(session: Session, annotation: Annotation, author: str) -> None:
     if annotation.author != author:
         raise Problem(403, "not-your-note", f"only {annotation.author} can delete this note")
     session.delete(annotation)
+    _edited(session)
     session.flush()
 
 
@@ -153,6 +163,7 @@ def create_collection(session: Session, collection_id: str, title: str, descript
         author=author,
     )
     session.add(row)
+    _edited(session)
     try:
         session.flush()
     except IntegrityError:  # created concurrently between the check and the insert
@@ -167,6 +178,7 @@ def update_collection(session: Session, collection: Collection, title: str | Non
     if description is not None:
         collection.description = description.strip()[:MAX_TEXT]
     collection.updated_at = utcnow()
+    _edited(session)
     session.flush()
     return collection
 
@@ -174,6 +186,7 @@ def update_collection(session: Session, collection: Collection, title: str | Non
 def delete_collection(session: Session, collection: Collection) -> None:
     session.execute(delete(CollectionUnit).where(CollectionUnit.collection_id == collection.id))
     session.delete(collection)
+    _edited(session)
     session.flush()
 
 
@@ -190,6 +203,7 @@ def add_to_collection(session: Session, collection: Collection, unit_id: int, no
     ).scalar_one()
     session.add(CollectionUnit(collection_id=collection.id, unit_id=unit_id, position=position, note=note))
     collection.updated_at = utcnow()
+    _edited(session)
     session.flush()
     return True
 
@@ -199,6 +213,7 @@ def remove_from_collection(session: Session, collection: Collection, unit_id: in
         delete(CollectionUnit).where(CollectionUnit.collection_id == collection.id, CollectionUnit.unit_id == unit_id)
     )
     collection.updated_at = utcnow()
+    _edited(session)
     session.flush()
     return bool(result.rowcount)
 

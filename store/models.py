@@ -453,6 +453,17 @@ class Annotation(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+class EditStamp(Base):
+    """One row counting what people have written (labels, notes, collections), bumped in the
+    same transaction as each write: a page that shows edits can be reused while it is
+    unchanged, in every server process, for the price of reading one integer."""
+
+    __tablename__ = "edit_stamps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    edits: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Collection(Base):
     """A named list of units (a neuron family), with a shareable page."""
 

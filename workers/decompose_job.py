@@ -29,7 +29,8 @@ from store import repository
 from store.blobs import BlobStore
 from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import Cadence, Checkpoint, claimed, resume_or_start_over, run_pass, run_shards, spans, stored_plan
+from workers.loop import (Cadence, Checkpoint, claimed, open_store, resume_or_start_over, run_pass, run_with_progress, spans,
+                          stored_plan)
 from workers.state import StateStore
 
 KIND = "decompose"
@@ -93,10 +94,8 @@ def run_decompose(store: StoreConfig, request: DecomposeRequest, *, show_progres
 
     request.validate()
     started = time.monotonic()
-    engine, sessions = sessions_for(store)
-    states = StateStore(store.states)
-    blobs = BlobStore(store.blob_url)
-    try:
+    with open_store(store) as opened:
+        engine, sessions, states, blobs = opened
         with sessions() as session:
             layer_row, directions = require_direction_set(session, request.model_id, request.layer, request.dataset_id)
             pool, vectors = _pool_dictionary_source(session, blobs, request, loaded)
@@ -120,17 +119,10 @@ def run_decompose(store: StoreConfig, request: DecomposeRequest, *, show_progres
                 return summary
             total = job.total_items
             task = DecomposeTask(store, request, dataset_id, plan, request.threads or torch.get_num_threads())
-            progress = Progress(total, job.cursor, f"decompose {request.layer}", "unit", show_progress and job.cursor < total)
-            try:
-                results = run_shards(run_decompose_pass, [task], engine=request.engine, progress=progress,
-                                     sessions=sessions, job_ids=[job.id], local_options={"progress": progress},
-                                     ray_address=request.ray_address, device=request.device)
-            finally:
-                progress.close()
+            results = run_with_progress(run_decompose_pass, [task], request, opened, [job.id], total=total, done=job.cursor,
+                                        desc=f"decompose {request.layer}", unit="unit", show=show_progress)
         summary.update(status="done", units=total, **results[0], seconds=round(time.monotonic() - started, 2))
         return summary
-    finally:
-        engine.dispose()
 
 
 def _units_in(session, blobs: BlobStore, layer_id: int, dataset_id: str):

@@ -19,7 +19,7 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,8 @@ from store import repository
 from store.blobs import BlobStore
 from workers.engines import Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import Cadence, Checkpoint, claimed, resume_or_start_over, run_pass, run_shards, spans, stored_plan
+from workers.loop import (Cadence, Checkpoint, claimed, open_store, resume_or_start_over, run_pass, run_with_progress, spans,
+                          stored_plan)
 from workers.state import StateStore
 
 KIND = "featureviz"
@@ -181,10 +182,8 @@ def run_featureviz(store: StoreConfig, request: FeatureVizRequest, *, show_progr
 
     request.validate()
     started = time.monotonic()
-    engine, sessions = sessions_for(store)
-    states = StateStore(store.states)
-    blobs = BlobStore(store.blob_url)
-    try:
+    with open_store(store) as opened:
+        engine, sessions, states, blobs = opened
         with sessions() as session:
             request, probes = _check(session, request, blobs)
             layer_row = repository.get_layer(session, request.model_id, request.layer)
@@ -212,23 +211,16 @@ def run_featureviz(store: StoreConfig, request: FeatureVizRequest, *, show_progr
             total = len(request.units)
             task = FeatureVizTask(store, request, units_per_batch, images_per_batch,
                                   request.threads or torch.get_num_threads(), probes)
-            progress = Progress(total, job.cursor, f"featureviz {request.model_id}/{request.layer}", "unit",
-                                show_progress and job.cursor < total)
             begin = job.cursor
             pass_started = time.monotonic()
-            try:
-                run_shards(run_featureviz_pass, [task], engine=request.engine, progress=progress, sessions=sessions,
-                           job_ids=[job.id], local_options={"loaded": loaded, "progress": progress},
-                           ray_address=request.ray_address, device=request.device)
-            finally:
-                progress.close()
+            run_with_progress(run_featureviz_pass, [task], request, opened, [job.id], total=total, done=begin,
+                              desc=f"featureviz {request.model_id}/{request.layer}", unit="unit", show=show_progress,
+                              loaded=loaded)
             seconds = time.monotonic() - pass_started
         rate = (total - begin) / seconds if seconds > 0 and begin < total else None
         summary.update(status="done", units_per_batch=units_per_batch, images_per_batch=units_per_batch * per_unit,
                        units_per_second=round(rate, 3) if rate else None, seconds=round(time.monotonic() - started, 2))
         return summary
-    finally:
-        engine.dispose()
 
 
 def _auto_images(loaded, request: FeatureVizRequest, probes) -> int:

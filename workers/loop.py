@@ -23,11 +23,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from store import repository
+from store.blobs import BlobStore
 from precompute.errors import MicroscopeError
-from workers.engines import Progress, done_items, run_on_ray
+from workers.engines import Progress, StoreConfig, done_items, run_on_ray, sessions_for
+from workers.state import StateStore
 
 Task = TypeVar("Task")
 
@@ -234,6 +236,41 @@ def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
     """`shards` contiguous [start, stop) ranges of `count` items (fewer if there are fewer items)."""
     shards = min(shards, count)
     return [(s * count // shards, (s + 1) * count // shards) for s in range(shards)]
+
+
+class OpenStore(NamedTuple):
+    """What a job's driver works with: the database engine (for its lock), sessions on it, the
+    job states and the blob store."""
+
+    engine: Any
+    sessions: Any
+    states: StateStore
+    blobs: BlobStore
+
+
+@contextmanager
+def open_store(store: StoreConfig) -> Iterator[OpenStore]:
+    """The store a job's driver plans and checks in; its connections close when it ends."""
+    engine, sessions = sessions_for(store)
+    try:
+        yield OpenStore(engine, sessions, StateStore(store.states), BlobStore(store.blob_url))
+    finally:
+        engine.dispose()
+
+
+def run_with_progress(shard: Callable[..., Any], tasks: Sequence[Task], request: Any, opened: OpenStore,
+                      job_ids: Sequence[int], *, total: int, done: int, desc: str, unit: str, show: bool,
+                      rows_per_item: int = 1, **local_options: Any) -> list[Any]:
+    """`run_shards` behind a progress bar of `total` items (`done` of them already), on the
+    engine, Ray address and device the request names; the bar shows only when `show` and
+    something is left to do."""
+    progress = Progress(total, done, desc, unit, show and done < total)
+    try:
+        return run_shards(shard, tasks, engine=request.engine, progress=progress, sessions=opened.sessions,
+                          job_ids=job_ids, local_options={"progress": progress, **local_options},
+                          rows_per_item=rows_per_item, ray_address=request.ray_address, device=request.device)
+    finally:
+        progress.close()
 
 
 def run_shards(shard: Callable[..., Any], tasks: Sequence[Task], *, engine: str, progress: Progress,

@@ -29,7 +29,8 @@ from store import repository
 from store.blobs import BlobStore
 from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, shard_bounds, spans
+from workers.loop import (Cadence, Checkpoint, claimed, open_store, release_orphans, run_pass, run_with_progress,
+                          shard_bounds, spans)
 from workers.state import StateStore
 
 KIND = "maxtext"
@@ -97,10 +98,8 @@ def run_maxtext(store: StoreConfig, request: MaxTextRequest, *, show_progress: b
 
     request.validate()
     started = time.monotonic()
-    engine, sessions = sessions_for(store)
-    states = StateStore(store.states)
-    blobs = BlobStore(store.blob_url)
-    try:
+    with open_store(store) as opened:
+        engine, sessions, states, blobs = opened
         with sessions() as session:
             layer_row, row = require_direction_set(session, request.model_id, request.layer, request.dataset_id)
             found = _directions(session, blobs, layer_row.id, row.dataset_id)
@@ -119,21 +118,13 @@ def run_maxtext(store: StoreConfig, request: MaxTextRequest, *, show_progress: b
             threads = request.threads or torch.get_num_threads()
             tasks = [MaxTextTask(store, request, dataset_id, shard, bounds[shard], plan, threads) for shard in jobs]
             remaining = sum(job.total_items - job.cursor for job in jobs.values())
-            progress = Progress(total, total - remaining, f"maxtext {request.layer}", "unit",
-                                show_progress and remaining > 0)
-            try:
-                results = run_shards(run_maxtext_pass, tasks, engine=request.engine, progress=progress,
-                                     sessions=sessions, job_ids=[job.id for job in jobs.values()],
-                                     local_options={"progress": progress, "loaded": loaded},
-                                     ray_address=request.ray_address, device=request.device)
-            finally:
-                progress.close()
+            results = run_with_progress(run_maxtext_pass, tasks, request, opened, [job.id for job in jobs.values()],
+                                        total=total, done=total - remaining, desc=f"maxtext {request.layer}", unit="unit",
+                                        show=show_progress, loaded=loaded)
         written = sum(result["texts_written"] for result in results)
         seconds = time.monotonic() - started
         summary.update(status="done", units=total, texts_written=written, seconds=round(seconds, 2))
         return summary
-    finally:
-        engine.dispose()
 
 
 def _plan(sessions, states: StateStore, request: MaxTextRequest, dataset_id: str, plan: dict,

@@ -35,7 +35,7 @@ from store import typographic as results_store
 from store.blobs import BlobStore
 from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards, spans
+from workers.loop import Cadence, Checkpoint, claimed, open_store, release_orphans, run_pass, run_with_progress, spans
 from workers.state import StateStore
 
 KIND = "typographic-eval"
@@ -114,9 +114,8 @@ def run_typographic(store: StoreConfig, request: TypographicRequest, *, show_pro
     started = time.monotonic()
     labels = request.label_set()
     specs = plan_specs(request)
-    engine, sessions = sessions_for(store)
-    states = StateStore(store.states)
-    try:
+    with open_store(store) as opened:
+        engine, sessions, states, _ = opened
         with sessions() as session:
             require_model(session, request.model_id)
             if repository.get_dataset(session, request.dataset_id) is None:
@@ -133,18 +132,10 @@ def run_typographic(store: StoreConfig, request: TypographicRequest, *, show_pro
                 summary.update(status="already done", seconds=round(time.monotonic() - started, 2))
                 return summary
             task = TypographicTask(store, request, specs, plan, request.threads or torch.get_num_threads())
-            progress = Progress(len(specs), job.cursor, f"typographic {request.model_id}", "attack",
-                                show_progress and job.cursor < len(specs))
-            try:
-                run_shards(run_typographic_pass, [task], engine=request.engine, progress=progress, sessions=sessions,
-                           job_ids=[job.id], local_options={"loaded": loaded, "progress": progress},
-                           ray_address=request.ray_address, device=request.device)
-            finally:
-                progress.close()
+            run_with_progress(run_typographic_pass, [task], request, opened, [job.id], total=len(specs), done=job.cursor,
+                              desc=f"typographic {request.model_id}", unit="attack", show=show_progress, loaded=loaded)
         summary.update(status="done", seconds=round(time.monotonic() - started, 2))
         return summary
-    finally:
-        engine.dispose()
 
 
 def _plan(sessions, states: StateStore, request: TypographicRequest, plan: dict, total: int):

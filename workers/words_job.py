@@ -34,7 +34,7 @@ from precompute.loader import iter_batches
 from precompute.words import DEFAULT_TOP_WORDS, check_font, embeddings, render_word, top_words, word_list_id
 from workers.engines import ENGINES, Progress, StoreConfig, sessions_for, set_threads
 from workers.locks import driver_lock
-from workers.loop import Cadence, Checkpoint, claimed, release_orphans, run_pass, run_shards
+from workers.loop import Cadence, Checkpoint, claimed, open_store, release_orphans, run_pass, run_with_progress
 from workers.state import StateStore
 
 KIND = "words"
@@ -102,9 +102,8 @@ def run_words(store: StoreConfig, request: WordsRequest, *, show_progress: bool 
     request.validate()
     started = time.monotonic()
     font_file = check_font(request.font)
-    engine, sessions = sessions_for(store)
-    states = StateStore(store.states)
-    try:
+    with open_store(store) as opened:
+        engine, sessions, states, _ = opened
         with sessions() as session:
             model = require_model(session, request.model_id)
             require_layers(session, model, request.layers)
@@ -124,20 +123,14 @@ def run_words(store: StoreConfig, request: WordsRequest, *, show_progress: bool 
             total = len(request.words)
             begin = min(job.cursor for job in jobs.values())
             task = WordsTask(store, request, list_id, words_sha, tuple(jobs), request.threads or torch.get_num_threads())
-            progress = Progress(total, begin, f"words {','.join(jobs)}", "word", show_progress and begin < total)
             pass_started = time.monotonic()
-            try:
-                run_shards(run_words_pass, [task], engine=request.engine, progress=progress, sessions=sessions,
-                           job_ids=[job.id for job in jobs.values()], local_options={"loaded": loaded, "progress": progress},
-                           rows_per_item=len(jobs), ray_address=request.ray_address, device=request.device)
-            finally:
-                progress.close()
+            run_with_progress(run_words_pass, [task], request, opened, [job.id for job in jobs.values()], total=total,
+                              done=begin, desc=f"words {','.join(jobs)}", unit="word", show=show_progress,
+                              rows_per_item=len(jobs), loaded=loaded)
             seconds = time.monotonic() - pass_started
         rate = round((total - begin) / seconds, 1) if seconds > 0 and begin < total else None
         summary.update(status="done", words_per_second=rate, seconds=round(time.monotonic() - started, 2))
         return summary
-    finally:
-        engine.dispose()
 
 
 def _plan_record(request: WordsRequest, layer: str, list_id: str, words_sha: str) -> dict[str, Any]:

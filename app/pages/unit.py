@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections import defaultdict
+from dataclasses import dataclass
 from collections.abc import Hashable
 from typing import Any
 
@@ -220,10 +221,40 @@ def _maximal_text(session: Session, unit_id: int) -> dict[str, Any] | None:
 RESULT_PARTS = ("featureviz", "examples", "buckets", "words", "decomposition", "maximal_text")
 
 
+@dataclass(frozen=True)
+class UnitRead:
+    """A unit page's first read: the unit row, and (when asked for) the stamps its page is
+    cached under: the jobs' results generation and the store's edit stamp."""
+
+    unit: dict[str, Any]
+    generation: Hashable = None
+    edits: int | None = None
+
+    def view_key(self) -> tuple[Hashable, ...] | None:
+        """What a rendered page of this unit depends on besides the request, or None when
+        the store keeps no edit stamp (then see `unit_view_key`)."""
+        return None if self.edits is None else ("stamped", self.generation, self.edits)
+
+
+def read_unit(session: Session, model_id: str, layer_name: str, index: int, stamps: bool = False) -> UnitRead:
+    """The unit row (one round trip, stamps included with `stamps`); a 404 naming what exists
+    when there is no such model, layer or unit."""
+    if stamps:
+        unit, generation, edits = queries.unit_core_and_stamps(session, model_id, layer_name, index)
+    else:
+        unit, generation, edits = queries.unit_core(session, model_id, layer_name, index), None, None
+    if unit is None:
+        require_model(session, model_id)
+        layer = require_layer(session, model_id, layer_name)
+        raise Problem(404, "unknown-unit",
+                      f"Layer {layer_name!r} of {model_id!r} has units 0 to {layer['units'] - 1}; there is no unit {index}.")
+    return UnitRead(unit, generation, edits)
+
+
 def unit_view_key(page: dict[str, Any], generation: Hashable) -> tuple[Hashable, ...]:
-    """What a rendered unit page depends on besides the request: the results by the generation
-    they were read under, and everything else as it is now (label, statistics, notes,
-    collections, neighbours and their labels)."""
+    """What a rendered unit page depends on besides the request, for a store without an edit
+    stamp: the results by the generation they were read under, and everything else as it is
+    now (label, statistics, notes, collections, neighbours and their labels)."""
     return (generation, repr({key: value for key, value in page.items() if key not in RESULT_PARTS}))
 
 
@@ -235,31 +266,18 @@ def _neighbour(urls: Urls, model_id: str, layer_name: str, index: int, units: in
 
 def unit_page(
     session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, urls: Urls,
-    results: TTLCache | None = None, word_list: str | None = None, generation: Hashable = None,
+    results: TTLCache | None = None, word_list: str | None = None, read: UnitRead | None = None,
 ) -> dict[str, Any]:
-    return unit_page_and_generation(session, cache, model_id, layer_name, index, urls, results, word_list, generation)[0]
-
-
-def unit_page_and_generation(
-    session: Session, cache: VectorCache, model_id: str, layer_name: str, index: int, urls: Urls,
-    results: TTLCache | None = None, word_list: str | None = None, generation: Hashable = None,
-) -> tuple[dict[str, Any], Hashable]:
     """The unit page. With `results`, what the jobs wrote (visualizations, examples, words,
     decompositions, neighbours) is reused until a job commits anything (in any process; see
     queries.results_generation) or the cache's lifetime ends; the unit row (label,
     statistics), its notes, its collections and its neighbours' labels are read on every view.
     `word_list` picks the one word list whose top words are shown (default: all, the model's
-    default first). `generation` is the caller's reading of queries.results_generation, if it
-    has one; returns (the page, the generation its results were read under)."""
-    if results is not None and generation is None:
-        unit, generation = queries.unit_core_and_generation(session, model_id, layer_name, index)  # one round trip
-    else:
-        unit = queries.unit_core(session, model_id, layer_name, index)
-    if unit is None:
-        require_model(session, model_id)
-        layer = require_layer(session, model_id, layer_name)
-        raise Problem(404, "unknown-unit",
-                      f"Layer {layer_name!r} of {model_id!r} has units 0 to {layer['units'] - 1}; there is no unit {index}.")
+    default first). `read` is the caller's `read_unit`, if it made one (with stamps when
+    `results` is given)."""
+    if read is None:
+        read = read_unit(session, model_id, layer_name, index, stamps=results is not None)
+    unit, generation = read.unit, read.generation
     spatial = spatial_of(unit)
 
     def load() -> dict[str, Any]:
@@ -323,4 +341,4 @@ def unit_page_and_generation(
         **urls.unit_links(model_id, layer_name, index),
         **({"url": urls.html.unit(model_id, layer_name, index, word_list=word_list),
             "api_url": urls.api.unit(model_id, layer_name, index, word_list=word_list)} if word_list else {}),
-    }, generation
+    }

@@ -20,6 +20,7 @@ from app import auth, live
 from app import pages as builders
 from app.dependencies import get_session
 from app.pages.common import DEFAULT_PER_PAGE, MAX_PER_PAGE, require_annotation, require_collection, require_unit
+from app.pages.unit import read_unit
 from app.ratelimit import limit_live
 from app.routes import schemas as s
 from app.routes.live_forms import ProbeRequest, TypographicRequest, probe_request, typographic_request
@@ -133,9 +134,18 @@ def get_unit(
     session: Session = Depends(get_session),
 ) -> Any:
     state = request.app.state
-    page = builders.unit_page(session, state.vectors, model_id, layer, unit, request_urls(request), state.unit_cache,
-                              word_list=word_list)
-    return _json(page)
+    read = read_unit(session, model_id, layer, unit, stamps=state.unit_cache is not None)
+
+    def body() -> bytes:
+        return _json(builders.unit_page(session, state.vectors, model_id, layer, unit, request_urls(request),
+                                        state.unit_cache, word_list=word_list, read=read)).body
+
+    key = read.view_key()
+    if key is None or state.rendered_pages is None:
+        return Response(body(), media_type="application/json")
+    # The same for every caller (no user in it): reused while the stamps are unchanged.
+    full_key = ("api-unit", request.scope.get("root_path", ""), request.url.path, request.url.query, key)
+    return Response(state.rendered_pages.get(full_key, body), media_type="application/json")
 
 
 # -- search and words ----------------------------------------------------------------------------

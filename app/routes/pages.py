@@ -18,7 +18,7 @@ from app import pages as builders
 from app.dependencies import get_session
 from app.pages.common import DEFAULT_PER_PAGE, MAX_PER_PAGE, require_annotation, require_collection, require_unit
 from app.ratelimit import limit_live
-from app.pages.unit import unit_page_and_generation, unit_view_key
+from app.pages.unit import read_unit, unit_view_key
 from app.rendering import render, render_anonymous, set_cookie
 from app.routes.api import relabelled
 from app.routes.live_forms import ProbeRequest, TypographicRequest, probe_request, typographic_request
@@ -70,13 +70,22 @@ def layer_page(model_id: str, layer: str, request: Request, sort: str = Query("i
 def unit_page(model_id: str, layer: str, unit: UnitIndex, request: Request,
               word_list: str | None = Query(None, max_length=128), session: Session = Depends(get_session)) -> HTMLResponse:
     state = request.app.state
-    payload, generation = unit_page_and_generation(session, state.vectors, model_id, layer, unit, request_urls(request),
-                                                   state.unit_cache, word_list=word_list)
+    urls = request_urls(request)
+    read = read_unit(session, model_id, layer, unit, stamps=state.unit_cache is not None)
+
+    def build() -> dict:
+        return builders.unit_page(session, state.vectors, model_id, layer, unit, urls, state.unit_cache,
+                                  word_list=word_list, read=read)
+
     user = auth.page_user(request, session)
     saved = request.query_params.get("saved")
     if user is None:
-        return render_anonymous(request, "unit.html", payload, payload["api_url"], state.rendered_pages,
-                                unit_view_key(payload, generation), my_collections=[], saved=saved)
+        key = read.view_key()
+        if key is None:  # no edit stamp: the key needs what the page shows
+            payload = build()
+            key, build = unit_view_key(payload, read.generation), lambda: payload
+        return render_anonymous(request, "unit.html", build, state.rendered_pages, key, my_collections=[], saved=saved)
+    payload = build()
     collections = queries.collections_page(session, 0, 200)
     return render(request, "unit.html", payload, payload["api_url"], session=session, user=user, my_collections=collections,
                   saved=saved)
