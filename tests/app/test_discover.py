@@ -349,3 +349,22 @@ def test_cues_page_and_api_find_a_working_word(discover_web: TestClient) -> None
     assert f'data-working="{",".join(body["working"])}"' in html
     bad = discover_web.post("/api/v1/cues", data={"model": MODEL, "source": "", "target": "square"})
     assert bad.status_code == 422 and bad.json()["reason"] == "empty-class-name"
+
+
+def test_the_openapi_document_describes_concept_layers_and_unit_refs(discover_web: TestClient) -> None:
+    import schemathesis
+
+    spec = discover_web.get("/api/v1/openapi.json").json()
+    operations = [result.ok() for result in schemathesis.openapi.from_dict(spec).get_all_operations()]  # ok(): each one loads
+    assert {(op.method.upper(), op.path) for op in operations} >= {("GET", "/api/v1/discover"), ("POST", "/api/v1/discover")}
+    schemas = spec["components"]["schemas"]
+    body = spec["paths"]["/api/v1/discover"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    fields = schemas[body.rsplit("/", 1)[-1]]["properties"]
+    assert {"layer", "layers", "ablate", "ablate_layer"} <= set(fields)
+    assert fields["layers"]["anyOf"][0]["type"] == "array"
+    assert {p["name"] for p in spec["paths"]["/api/v1/discover"]["get"]["parameters"]} >= {"layer", "layers"}
+    assert {"layers"} <= set(schemas["DiscoverResultOut"]["properties"]) and {"layers"} <= set(schemas["ConceptsOut"]["properties"])
+    assert {"groups", "refs"} <= set(schemas["AblationOut"]["properties"]) and "ref" in schemas["UnitRef"]["properties"]
+    # The fields an older client reads keep their types.
+    assert schemas["DiscoverResultOut"]["properties"]["layer"]["type"] == "string"
+    assert schemas["AblationOut"]["properties"]["layer"]["type"] == "string"
