@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from pydantic import StringConstraints
 from fastapi.responses import HTMLResponse
+from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 
 from app import live, live_discovery
