@@ -1,10 +1,11 @@
 """/discover's request handling, shared by its page and its API: read the picture (upload, dataset
-image, or an upload kept from a moment ago), check the concept layer, the class name, the
+image, or an upload kept from a moment ago), check the concept layers, the class name, the
 segmentation layers and the ablation, load the layers' directions and decompositions from the
 store (once per direction set and decompositions), and run the picture through the model service."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.label_sets import live_labels
 from app.live_typographic import KeptUploads, read_picture
 from app.pages.common import require_model
-from app.pages.discover import discover_result
+from app.pages.discover import discover_result, tower_family
 from app.pages.typographic import default_label_set
 from app.urls import request_urls
 from precompute.errors import Problem
@@ -28,14 +29,17 @@ MAX_CLASS_CHARS = 64
 
 @dataclass(frozen=True)
 class DiscoverForm:
-    layer: str | None = None  # the concept layer; default: the last layer with directions and decompositions
+    # The concept layers: `layer` (one, as older clients send it) and `layers` (each entry one
+    # name or a comma list) together; neither: every layer with directions and decompositions.
+    layer: str | None = None
     class_name: str | None = None  # None: no segmentation; "" or blanks: refused
     seg_layers: str | None = None  # "" (default), "vit-late", "stored" or a comma list of layers
-    ablate: str = ""  # unit indices, "1,2,3"
-    ablate_layer: str | None = None  # default: the concept layer
+    ablate: str = ""  # unit indices ("1,2,3") and layer:index references ("transformer.resblocks.3.mlp:17")
+    ablate_layer: str | None = None  # the layer of bare indices; default: `layer`, else the last concept layer
     ablate_mode: str = "zero"  # "zero" | "mean"
     labels: str | None = None  # a built-in label set for the zero-shot prediction
     top: int = 10
+    layers: tuple[str, ...] = ()
 
 
 class _Knowledge:
@@ -53,13 +57,27 @@ class _Knowledge:
             fingerprint: Any = None) -> Any:
         """`row`: the layer's latest direction set (None: refused); `fingerprint`: its
         decompositions' (store.queries.decomposition_fingerprints), when `with_terms`."""
+        key = self._key(layer, row, with_terms, fingerprint)
+        return self._items.get(key, lambda: self._load(session, blobs, layer, row, with_terms))
+
+    def concept_set(self, session: Session, blobs: BlobStore, layers: list[dict[str, Any]], rows: dict[int, Any],
+                    fingerprints: dict[int, Any]) -> tuple[Any, ...]:
+        """The concept layers with their decompositions on one set of texts (on_common_texts),
+        built once per combination of the layers' own entries."""
+        from precompute.discovery import on_common_texts
+
+        keys = tuple(self._key(l, rows.get(l["id"]), True, fingerprints.get(l["id"])) for l in layers)
+        parts = [self.get(session, blobs, l, rows.get(l["id"]), True, fingerprints.get(l["id"])) for l in layers]
+        return self._items.get(("common-texts", keys), lambda: on_common_texts(parts))
+
+    @staticmethod
+    def _key(layer: dict[str, Any], row: Any, with_terms: bool, fingerprint: Any) -> tuple:
         if row is None:
             raise Problem(422, "no-directions", f"{layer['name']} has no stored directions; run `microscope precompute "
                           "directions` for it first")
         if with_terms and fingerprint is None:
             raise _no_decompositions(layer)
-        key = (layer["id"], row.blob_uri, with_terms, fingerprint if with_terms else None)
-        return self._items.get(key, lambda: self._load(session, blobs, layer, row, with_terms))
+        return (layer["id"], row.blob_uri, with_terms, fingerprint if with_terms else None)
 
     @staticmethod
     def _load(session: Session, blobs: BlobStore, layer: dict[str, Any], row: Any, with_terms: bool) -> Any:
@@ -101,24 +119,37 @@ def _state(request: Request, name: str, factory):
     return getattr(state, name)
 
 
-def _units(value: str) -> tuple[int, ...]:
-    value = (value or "").strip()
-    if not value:
-        return ()
-    try:
-        units = tuple(sorted({int(part) for part in value.replace(" ", ",").split(",") if part.strip()}))
-    except ValueError:
-        raise Problem(422, "bad-ablation", "ablate lists unit indices separated by commas, e.g. 3,17,40") from None
-    if units and units[0] < 0:
-        raise Problem(422, "unknown-unit", f"unit indices start at 0; there is no unit {units[0]}")
-    if len(units) > MAX_ABLATED:
+def layer_names(values) -> list[str]:
+    """Layer names from form entries, each one name or a comma list; blanks and repeats dropped."""
+    return list(dict.fromkeys(part.strip() for value in values or () for part in (value or "").split(",") if part.strip()))
+
+
+_INDEX = re.compile(r"-?[0-9]+")
+
+
+def _ablated_units(value: str, default_layer: str, model_id: str, by_name: dict[str, dict[str, Any]]) -> dict[str, list[int]]:
+    """The units `ablate` names, by layer in the model's order: a bare index is a unit of
+    `default_layer`, `layer:index` a unit of any layer (layer names hold no colon)."""
+    wanted: dict[str, set[int]] = {}
+    for item in (part.strip() for part in (value or "").replace(" ", ",").split(",")):
+        if not item:
+            continue
+        layer, colon, index = item.rpartition(":")
+        if not _INDEX.fullmatch(index) or (colon and not layer):
+            raise Problem(422, "bad-ablation", f"{item[:80]!r} names no unit: ablate lists unit indices (3,17) or "
+                          "layer:index references (transformer.resblocks.3.mlp:17), separated by commas")
+        wanted.setdefault(layer if colon else default_layer, set()).add(int(index))
+    if sum(len(units) for units in wanted.values()) > MAX_ABLATED:
         raise Problem(422, "bad-ablation", f"ablate at most {MAX_ABLATED} units at once")
-    return units
-
-
-def _family(arch: str, layers: list[dict[str, Any]]) -> tuple[str, int]:
-    blocks = {int(l["name"].split(".")[2]) for l in layers if l["name"].startswith("transformer.resblocks.")}
-    return ("vit", max(blocks) + 1) if blocks else ("resnet", 0)
+    for name, units in wanted.items():
+        layer = _require_listed_layer(model_id, by_name, name)
+        if min(units) < 0:
+            raise Problem(422, "unknown-unit", f"unit indices start at 0; there is no unit {min(units)} of {name}")
+        if max(units) >= int(layer["units"]):
+            raise Problem(422, "unknown-unit", f"{name} has units 0 to {int(layer['units']) - 1}; there is no "
+                          f"unit {max(units)}")
+    position = {name: i for i, name in enumerate(by_name)}
+    return {name: sorted(wanted[name]) for name in sorted(wanted, key=position.__getitem__)}
 
 
 def direction_sets(session: Session, layers: list[dict[str, Any]]) -> dict[int, Any]:
@@ -128,13 +159,14 @@ def direction_sets(session: Session, layers: list[dict[str, Any]]) -> dict[int, 
 
 def prepare(request: Request, session: Session, model_id: str, form: DiscoverForm) -> tuple[Any, dict[str, Any]]:
     """Every check that needs no picture, then the model service's request and a summary of it."""
-    from precompute.discovery import ABLATION_MODES, Ablation, DiscoverRequest, check_layer_set, segmentation_layers
+    from precompute.discovery import (ABLATION_MODES, Ablation, DiscoverRequest, check_layer_set, default_concept_layers,
+                                      segmentation_layers)
     from precompute.zeroshot import label_set
 
     model = require_model(session, model_id)
     layers = queries.layers_of(session, [model_id]).get(model_id, [])
     by_name = {l["name"]: l for l in layers}
-    family, depth = _family(model["arch"], layers)
+    family, depth = tower_family(layers)
     check_layer_set(family, form.seg_layers)  # a form mistake, said before what the store lacks
     rows = direction_sets(session, layers)
     stored = [l["name"] for l in layers if l["id"] in rows]
@@ -144,13 +176,22 @@ def prepare(request: Request, session: Session, model_id: str, form: DiscoverFor
     if not 1 <= form.top <= 50:
         raise Problem(422, "bad-top", "top is between 1 and 50 texts")
     labels = live_labels(request, session, model, label_set(form.labels or default_label_set(model["arch"])))
-    concept_layer = form.layer or (stored[-1] if stored else None)
-    if concept_layer is None:
-        raise Problem(422, "no-directions", f"no layer of {model_id} has stored directions; run `microscope precompute "
-                      "directions` and `microscope precompute decompose` first")
-    concept = _require_listed_layer(model_id, by_name, concept_layer)
-    fingerprint = queries.decomposition_fingerprints(session, [concept["id"]]).get(concept["id"])
-    concepts = knowledge.get(session, blobs, concept, rows.get(concept["id"]), True, fingerprint)
+    fingerprints = queries.decomposition_fingerprints(session, [l["id"] for l in layers if l["id"] in rows])
+    asked = layer_names(((form.layer,) if form.layer else ()) + tuple(form.layers))
+    if asked:
+        for name in asked:
+            _require_listed_layer(model_id, by_name, name)
+        concept_layers = [name for name in by_name if name in asked]  # the model's order
+    else:
+        if not stored:
+            raise Problem(422, "no-directions", f"no layer of {model_id} has stored directions; run `microscope precompute "
+                          "directions` and `microscope precompute decompose` first")
+        decomposed = [name for name in stored if by_name[name]["id"] in fingerprints]
+        if not decomposed:
+            raise _no_decompositions(by_name[stored[-1]])
+        concept_layers = default_concept_layers(family, depth, decomposed)
+    concepts = knowledge.concept_set(session, blobs, [by_name[name] for name in concept_layers], rows, fingerprints)
+    concept_layer = concept_layers[-1]
 
     class_name = None
     seg = ()
@@ -177,32 +218,35 @@ def prepare(request: Request, session: Session, model_id: str, form: DiscoverFor
     elif form.seg_layers:
         raise Problem(422, "no-class-name", "segmentation layers were given without a class name to segment")
 
-    ablations = ()
-    units = _units(form.ablate)
-    ablate_layer = form.ablate_layer or concept_layer
+    ablations = []
     if form.ablate_mode not in ABLATION_MODES:
         raise Problem(422, "bad-ablation-mode", f"ablation mode is one of {', '.join(ABLATION_MODES)}")
-    if units:
-        layer = _require_listed_layer(model_id, by_name, ablate_layer)
-        if units[-1] >= int(layer["units"]):
-            raise Problem(422, "unknown-unit", f"{ablate_layer} has units 0 to {int(layer['units']) - 1}; there is no "
-                          f"unit {units[-1]}")
+    ablate_layer = form.ablate_layer or form.layer or concept_layer
+    silenced = _ablated_units(form.ablate, ablate_layer, model_id, by_name)
+    for name, units in silenced.items():
         values = None
         if form.ablate_mode == "mean":
-            means = queries.unit_means(session, layer["id"], units)
+            means = queries.unit_means(session, by_name[name]["id"], units)
             missing = [u for u in units if means.get(u) is None]
             if missing:
-                raise Problem(422, "no-unit-means", f"unit {missing[0]} of {ablate_layer} has no stored dataset mean; "
+                raise Problem(422, "no-unit-means", f"unit {missing[0]} of {name} has no stored dataset mean; "
                               "run `microscope precompute examples` for the layer, or ablate to zero")
             values = tuple(float(means[u]) for u in units)
-        ablations = (Ablation(ablate_layer, units, form.ablate_mode, values),)
-    live_request = DiscoverRequest(concepts, seg, class_name, labels, ablations, top_texts=form.top)
+        ablations.append(Ablation(name, tuple(units), form.ablate_mode, values))
+    ablation = None
+    if silenced:
+        first = next(iter(silenced))
+        ablation = {"layer": first, "units": silenced[first], "mode": form.ablate_mode,
+                    "groups": [{"layer": name, "units": units} for name, units in silenced.items()],
+                    "refs": [f"{name}:{u}" for name, units in silenced.items() for u in units]}
+    live_request = DiscoverRequest(concepts, seg, class_name, labels, tuple(ablations), top_texts=form.top)
     summary = {
         "concept_layer": concept_layer,
+        "concept_layers": concept_layers,
         "class_name": class_name,
         "segmentation_layers": [k.layer for k in seg],
         "labels": labels.id,
-        "ablation": {"layer": ablate_layer, "units": list(units), "mode": form.ablate_mode} if units else None,
+        "ablation": ablation,
         "family": family,
         "stored_layers": stored,
     }
@@ -216,7 +260,9 @@ def discover(request: Request, session: Session, *, model_id: str, form: Discove
     image, source, again = read_picture(request, session, kept, upload=upload, dataset=dataset, position=position,
                                         upload_ref=upload_ref)
     live = request.app.state.model_service.discover(model_id, image, live_request)
-    rerun = {"model": model_id, "layer": summary["concept_layer"], "class_name": summary["class_name"],
+    layers = summary["concept_layers"]
+    rerun = {"model": model_id, "layer": layers[0] if len(layers) == 1 else None, "layers": ",".join(layers),
+             "class_name": summary["class_name"],
              "seg_layers": form.seg_layers or None, "labels": summary["labels"], "top": form.top, **again}
     return discover_result(session, request_urls(request), model_id=model_id, live=live, source=source, summary=summary,
                            rerun=rerun)
@@ -250,8 +296,9 @@ def cues(request: Request, session: Session, *, model_id: str, source: str, targ
     fingerprints = queries.decomposition_fingerprints(session, [by_name[name]["id"] for name in names])
     known = [knowledge.get(session, blobs, by_name[name], rows.get(by_name[name]["id"]), True,
                            fingerprints.get(by_name[name]["id"])) for name in names]
-    texts = sorted({t for k in known for t in k.texts})
-    known = [_reindexed(k, texts) for k in known]
+    from precompute.discovery import on_common_texts
+
+    known = on_common_texts(known)
     labels = label_set(default_label_set(model["arch"]))
     if source.lower() not in (n.lower() for n in labels.names) or target.lower() not in (n.lower() for n in labels.names):
         labels = label_set(labels=[source, target])
@@ -262,19 +309,3 @@ def cues(request: Request, session: Session, *, model_id: str, source: str, targ
 
     return cues_result(session, request_urls(request), model_id=model_id, source=source, target=target, layers=names,
                        labels=labels.id, live=live)
-
-
-def _reindexed(knowledge: Any, texts: list[str]) -> Any:
-    """The same layer with its coefficient columns over `texts` (every layer on one pool)."""
-    import numpy as np
-
-    from precompute.discovery import LayerKnowledge
-
-    if list(knowledge.texts) == texts:
-        return knowledge
-    column = {t: j for j, t in enumerate(texts)}
-    dense = np.zeros((len(knowledge.units), len(texts)), dtype=np.float32)
-    for j, t in enumerate(knowledge.texts):
-        dense[:, column[t]] = knowledge.coefficients[:, j]
-    return LayerKnowledge(knowledge.layer, knowledge.units, knowledge.directions, knowledge.mean_effects,
-                          knowledge.thresholds, tuple(texts), dense)

@@ -7,7 +7,8 @@ A real server (uvicorn, its own process) on a store with what /discover needs:
   default segmentation layers) from a few world pictures, and layer 10's decompositions over the
   world's vocabulary. Built once into $TMPDIR (MICROSCOPE_BENCH_DEMO_ROOT) and reused.
 Each request uploads a picture and asks for concepts + segmentation of a class (toy-vit: "circle",
-ViT-B-32: "dog", zero-shot over the world's shapes). The 8 concurrent requests upload 8 different
+ViT-B-32: "dog", zero-shot over the world's shapes); toy-vit's concepts come from the server's
+default concept layers (its late MLP layers, 3-5) unless --layers names some. The 8 concurrent requests upload 8 different
 pictures, as 8 users would. Prints JSON: p50/p90 of single requests, the wall time of 8 concurrent
 requests against the single p50 (target: within 3x) and against one request measured right after
 each round, and the baseline of
@@ -18,7 +19,7 @@ per request from stored pool embeddings (random unit-length rows written into th
 the live page reads them.
 
     python -m benchmarks.discover_latency [--model toy-vit|ViT-B-32] [--labels small|imagenet] [--requests 20]
-        [--torch-threads 1]
+        [--torch-threads 1] [--layers L1,L2]
 """
 
 from __future__ import annotations
@@ -241,6 +242,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="server processes (toy-vit over HTTP)")
     parser.add_argument("--labels", choices=["small", "imagenet"], default="small",
                         help="ViT-B-32's zero-shot labels: five user labels, or ImageNet's read from stored embeddings")
+    parser.add_argument("--layers", default="", help="toy-vit: the concept layers to post (default: the server's, the "
+                        "late MLP layers with directions and decompositions)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="the server's MICROSCOPE_TORCH_THREADS (0: torch's default, every core)")
     args = parser.parse_args()
@@ -260,6 +263,7 @@ def main() -> None:
         "benchmark": "discover_latency", "model": model_id, "arch": args.model, "machine": machine(),
         "path": "model service, in process" if args.model == VIT else "HTTP, uvicorn", "labels": labels,
         "load_average_1m": round(os.getloadavg()[0], 2), "torch_threads": args.torch_threads, "workers": args.workers,
+        "concept_layers": args.layers or "default",
         "single_p50_s": round(p50, 4), "single_p90_s": round(singles[int(0.9 * (len(singles) - 1))], 4),
         "single_min_s": round(singles[0], 4),
         "concurrent8_wall_s": round(statistics.median(rounds), 4),
@@ -283,8 +287,10 @@ def _http_run(data_dir: Path, tmp: Path, model_id: str, class_name: str, args) -
     with served(env, tmp / "server.log", uvicorn_args=["--workers", str(args.workers)]) as base, httpx.Client(base_url=base, timeout=600) as http:
         def one(png: bytes = pngs[0], client: httpx.Client = http) -> float:
             began = time.perf_counter()
-            r = client.post("/api/v1/discover", data={"model": model_id, "class_name": class_name, "labels": "world-shapes"},
-                            files={"file": ("c.png", png, "image/png")})
+            fields = {"model": model_id, "class_name": class_name, "labels": "world-shapes"}
+            if args.layers:
+                fields["layers"] = args.layers
+            r = client.post("/api/v1/discover", data=fields, files={"file": ("c.png", png, "image/png")})
             r.raise_for_status()
             return time.perf_counter() - began
 

@@ -14,27 +14,42 @@ from app.urls import Urls
 from store import queries
 
 SHOWN_NEURONS = 24  # of the segmentation's neurons, the page lists the most aligned
+MAX_ABLATION_INFO = 64  # of the silenced units, the answer describes the first (in the model's layer order)
 
 
 def default_class_name(arch: str | None) -> str:
     return "circle" if (arch or "").startswith("toy") else "dog"
 
 
+def tower_family(layers: list[dict[str, Any]]) -> tuple[str, int]:
+    """("vit", its depth) for a transformer tower's layers, ("resnet", 0) otherwise."""
+    blocks = {int(l["name"].split(".")[2]) for l in layers if l["name"].startswith("transformer.resblocks.")}
+    return ("vit", max(blocks) + 1) if blocks else ("resnet", 0)
+
+
 def discover_form(
     session: Session, urls: Urls, *, model_id: str | None = None, layer: str | None = None, dataset: str | None = None,
-    page: int = 1, per_page: int = 24, limits: dict[str, Any] | None = None,
+    page: int = 1, per_page: int = 24, limits: dict[str, Any] | None = None, layers: list[str] | None = None,
 ) -> dict[str, Any]:
-    """What /discover offers: models, their layers with directions, dataset images, label sets."""
+    """What /discover offers: models, their layers with directions, those with decompositions too
+    (the concept layers to choose from, the late ones by default), dataset images, label sets."""
+    from precompute.discovery import default_concept_layers
     from store.directions import latest_direction_sets
 
     form, arch = labelled_probe_form(session, urls, Urls.discover, model_id=model_id, layer=layer, dataset=dataset,
                                      page=page, per_page=per_page, limits=limits)
-    layers = queries.layers_of(session, [form["model"]]).get(form["model"], []) if form["model"] else []
-    rows = latest_direction_sets(session, [l["id"] for l in layers])
-    stored = [l["name"] for l in layers if l["id"] in rows]
+    model_layers = queries.layers_of(session, [form["model"]]).get(form["model"], []) if form["model"] else []
+    rows = latest_direction_sets(session, [l["id"] for l in model_layers])
+    stored = [l for l in model_layers if l["id"] in rows]
+    decomposed = queries.decomposition_fingerprints(session, [l["id"] for l in stored])
+    concept_layers = [l["name"] for l in stored if l["id"] in decomposed]
+    chosen = [name for name in concept_layers if name in set(layers or ()) | {layer}] or \
+        (default_concept_layers(*tower_family(model_layers), concept_layers) if concept_layers else [])
     form.update(
-        layer=layer if layer else (stored[-1] if stored else form["layer"]),
-        direction_layers=stored,
+        layer=layer if layer else (chosen[-1] if chosen else (stored[-1]["name"] if stored else form["layer"])),
+        layers=chosen,
+        direction_layers=[l["name"] for l in stored],
+        concept_layers=concept_layers,
         class_name=default_class_name(arch),
     )
     return form
@@ -62,10 +77,11 @@ class _Units:
 
     def entry(self, layer: str, index: int) -> dict[str, Any]:
         info = self._resolve().get((layer, index), {"label": None, **NO_THUMBNAIL})
-        return {"layer": layer, "unit": index, "index": index, **info, **self.urls.unit_links(self.model_id, layer, index)}
+        return {"layer": layer, "unit": index, "index": index, "ref": f"{layer}:{index}", **info,
+                **self.urls.unit_links(self.model_id, layer, index)}
 
 
-def _state(part: dict[str, Any] | None, units: _Units, concept_layer: str) -> dict[str, Any] | None:
+def _state(part: dict[str, Any] | None, units: _Units) -> dict[str, Any] | None:
     if part is None:
         return None
     out: dict[str, Any] = {"prediction": part["prediction"]}
@@ -73,11 +89,12 @@ def _state(part: dict[str, Any] | None, units: _Units, concept_layer: str) -> di
     if concepts is not None:
         out["concepts"] = {
             "layer": concepts["layer"],
+            "layers": concepts["layers"],
             "active_count": len(concepts["active"]),
-            "active": [{**units.entry(concept_layer, a["unit"]), "norm": round(a["norm"], 5), "threshold": round(a["threshold"], 5)}
+            "active": [{**units.entry(a["layer"], a["unit"]), "norm": round(a["norm"], 5), "threshold": round(a["threshold"], 5)}
                        for a in concepts["active"]],
             "texts": [{"text": t["text"], "score": round(t["score"], 5),
-                       "neurons": [{**units.entry(concept_layer, n["unit"]), "coefficient": round(n["coefficient"], 5),
+                       "neurons": [{**units.entry(n["layer"], n["unit"]), "coefficient": round(n["coefficient"], 5),
                                     "norm": round(n["norm"], 5), "contribution": round(n["contribution"], 5)}
                                    for n in t["neurons"]]} for t in concepts["texts"]],
         }
@@ -93,28 +110,24 @@ def discover_result(session: Session, urls: Urls, *, model_id: str, live: dict[s
     """The model service's answer with the store's knowledge of every unit it names."""
     concept_layer = summary["concept_layer"]
     units = _Units(session, urls, model_id)
-    concept_units = set()
     for state in ("before", "after"):
-        part = live.get(state) or {}
-        concepts = part.get("concepts") or {}
-        concept_units |= {a["unit"] for a in concepts.get("active", [])}
-        concept_units |= {n["unit"] for t in concepts.get("texts", []) for n in t["neurons"]}
+        concepts = (live.get(state) or {}).get("concepts") or {}
+        for a in concepts.get("active", []):
+            units.want(a["layer"], [a["unit"]])
+        for t in concepts.get("texts", []):
+            for n in t["neurons"]:
+                units.want(n["layer"], [n["unit"]])
     ablation = summary["ablation"]
-    if ablation and ablation["layer"] == concept_layer:
-        concept_units |= set(ablation["units"])
-    units.want(concept_layer, concept_units)
+    for group in (ablation or {}).get("groups", []):
+        units.want(group["layer"], group["units"][:MAX_ABLATION_INFO])
     shown = live["neurons"][:SHOWN_NEURONS]
-    for layer in dict.fromkeys(n["layer"] for n in shown):
-        if layer != concept_layer:
-            units.want(layer, [n["unit"] for n in shown if n["layer"] == layer])
-        else:
-            units.want(layer, concept_units | {n["unit"] for n in shown if n["layer"] == layer})
-    if ablation and ablation["layer"] != concept_layer:
-        units.want(ablation["layer"], ablation["units"])
-    before, after = _state(live.get("before"), units, concept_layer), _state(live.get("after"), units, concept_layer)
+    for n in shown:
+        units.want(n["layer"], [n["unit"]])
+    before, after = _state(live.get("before"), units), _state(live.get("after"), units)
     result = {
         "model": model_id,
         "layer": concept_layer,
+        "layers": summary["concept_layers"],
         "labels": summary["labels"],
         "input": {**source, "model_view": png_data_url(live["input_png"])},
         "class_name": summary["class_name"],
@@ -129,9 +142,10 @@ def discover_result(session: Session, urls: Urls, *, model_id: str, live: dict[s
         "layer_url": urls.html.layer(model_id, concept_layer),
     }
     if ablation:
+        refs = [(g["layer"], u) for g in ablation["groups"] for u in g["units"]][:MAX_ABLATION_INFO]
         result["ablation"] = {
             **ablation,
-            "units_info": [units.entry(ablation["layer"], u) for u in ablation["units"][:64]],
+            "units_info": [units.entry(layer, u) for layer, u in refs],
             "prediction_changed": before["prediction"][0]["label"] != after["prediction"][0]["label"],
         }
     return result

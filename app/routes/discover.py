@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse
+from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 
 from app import live, live_discovery
@@ -17,6 +20,9 @@ from app.routes.schemas.discover import DiscoverFormOut, DiscoverResultOut
 from app.urls import API_PREFIX, request_urls
 
 MAX_ID = 2**31 - 1
+LayerNames = list[Annotated[str, StringConstraints(max_length=4000)]] | None
+LAYERS_HELP = ("Concept layers, each field one layer or a comma list; with `layer`, the union (default: every layer "
+               "with directions and decompositions).")
 api_router = APIRouter(prefix=API_PREFIX, tags=["discover"],
                        responses={422: {"model": s.UnprocessableBody, "description": "The request cannot be answered as given."}})
 page_router = APIRouter(include_in_schema=False)
@@ -38,17 +44,18 @@ async def _class_name_sent(request: Request) -> bool:
     return "class_name" in await request.form()
 
 
-def _form(layer, class_name, seg_layers, ablate, ablate_layer, ablate_mode, labels, top) -> DiscoverForm:
+def _form(layer, class_name, seg_layers, ablate, ablate_layer, ablate_mode, labels, top, layers) -> DiscoverForm:
     return DiscoverForm(layer or None, class_name, seg_layers or None, ablate or "", ablate_layer or None,
-                        ablate_mode or "zero", labels or None, top)
+                        ablate_mode or "zero", labels or None, top, tuple(layers or ()))
 
 
 @api_router.get("/discover", response_model=DiscoverFormOut, responses={404: _ERRORS[404]}, summary="What /discover offers: models, layers with directions, images")
 def discover_options(request: Request, model: str | None = Query(None, max_length=128),
                      layer: str | None = Query(None, max_length=256), dataset: str | None = Query(None, max_length=128),
-                     page: int = Query(1, ge=1, le=100_000), session: Session = Depends(get_session)):
+                     page: int = Query(1, ge=1, le=100_000), layers: LayerNames = Query(None, description=LAYERS_HELP),
+                     session: Session = Depends(get_session)):
     return discover_form(session, request_urls(request), model_id=model, layer=layer, dataset=dataset, page=page,
-                         limits=live.upload_limits_info(request))
+                         limits=live.upload_limits_info(request), layers=live_discovery.layer_names(layers))
 
 
 @api_router.post("/discover", response_model=DiscoverResultOut, responses=_ERRORS, dependencies=[Depends(limit_live)],
@@ -57,11 +64,14 @@ def discover_options(request: Request, model: str | None = Query(None, max_lengt
 def discover(
     request: Request,
     model: str = Form(..., max_length=128),
-    layer: str | None = Form(None, max_length=256, description="The concept layer (default: the last with directions)."),
+    layer: str | None = Form(None, max_length=256, description="One concept layer (see `layers`)."),
+    layers: LayerNames = Form(None, description=LAYERS_HELP),
     class_name: str | None = Form(None, max_length=1000, description="The class to segment; leave out to skip segmentation."),
     seg_layers: str | None = Form(None, max_length=4000, description="'vit-late' (ViT-only), 'stored', or layers, comma separated."),
-    ablate: str = Form("", max_length=4000, description="Unit indices to silence, 1,2,3."),
-    ablate_layer: str | None = Form(None, max_length=256, description="The layer of the silenced units (default: the concept layer)."),
+    ablate: str = Form("", max_length=4000, description="Units to silence, comma separated, all in one forward pass: "
+                       "layer:index references (transformer.resblocks.3.mlp:17) and bare indices (units of `ablate_layer`)."),
+    ablate_layer: str | None = Form(None, max_length=256, description="The layer of bare indices in `ablate` (default: "
+                                    "`layer`, else the last concept layer)."),
     ablate_mode: str = Form("zero", max_length=8, description="'zero' or 'mean' (the unit's dataset mean)."),
     labels: str | None = Form(None, max_length=64, description="The label set of the zero-shot prediction."),
     top: int = Form(10, ge=1, le=50, description="How many texts to list."),
@@ -74,7 +84,7 @@ def discover(
 ):
     if class_name is None and class_name_sent:
         class_name = ""
-    form = _form(layer, class_name, seg_layers, ablate, ablate_layer, ablate_mode, labels, top)
+    form = _form(layer, class_name, seg_layers, ablate, ablate_layer, ablate_mode, labels, top, layers)
     return live_discovery.discover(request, session, model_id=model, form=form, upload=file, dataset=dataset,
                                    position=position, upload_ref=upload_ref)
 
@@ -82,15 +92,17 @@ def discover(
 @page_router.get("/discover", response_class=HTMLResponse)
 def discover_page(request: Request, model: str | None = Query(None, max_length=128),
                   layer: str | None = Query(None, max_length=256), dataset: str | None = Query(None, max_length=128),
-                  page: int = Query(1, ge=1, le=100_000), session: Session = Depends(get_session)) -> HTMLResponse:
+                  page: int = Query(1, ge=1, le=100_000), layers: LayerNames = Query(None),
+                  session: Session = Depends(get_session)) -> HTMLResponse:
     payload = discover_form(session, request_urls(request), model_id=model, layer=layer, dataset=dataset, page=page,
-                            limits=live.upload_limits_info(request))
+                            limits=live.upload_limits_info(request), layers=live_discovery.layer_names(layers))
     return render(request, "discover.html", payload, payload["api_url"], session=session, result=None)
 
 
 @page_router.post("/discover", response_class=HTMLResponse)
 def discover_submit(
     request: Request, model: str = Form(..., max_length=128), layer: str | None = Form(None, max_length=256),
+    layers: LayerNames = Form(None),
     class_name: str | None = Form(None, max_length=1000), seg_layers: str | None = Form(None, max_length=4000),
     ablate: str = Form("", max_length=4000), ablate_layer: str | None = Form(None, max_length=256),
     ablate_mode: str = Form("zero", max_length=8), labels: str | None = Form(None, max_length=64),
@@ -99,11 +111,11 @@ def discover_submit(
     file: UploadFile | None = File(None), session: Session = Depends(get_session),
 ) -> HTMLResponse:
     limit_live(request)
-    form = _form(layer, class_name, seg_layers, ablate, ablate_layer, ablate_mode, labels, top)
+    form = _form(layer, class_name, seg_layers, ablate, ablate_layer, ablate_mode, labels, top, layers)
     result = live_discovery.discover(request, session, model_id=model, form=form, upload=file, dataset=dataset or None,
                                      position=position, upload_ref=upload_ref or None)
     payload = discover_form(session, request_urls(request), model_id=model, layer=result["layer"], dataset=dataset or None,
-                            limits=live.upload_limits_info(request))
+                            limits=live.upload_limits_info(request), layers=result["layers"])
     return render(request, "discover.html", payload, request_urls(request).docs("discover"), session=session, result=result)
 
 

@@ -1,6 +1,6 @@
-"""/discover in a real browser (no JavaScript): upload a picture, see its concepts and a
-segmentation mask, silence the neurons behind the top concept with one click, follow a neuron's
-link, and the JSON twin giving what the page shows."""
+"""/discover in a real browser (no JavaScript): choose two of toy-vit's concept layers, upload a
+picture, see its concepts and a segmentation mask, silence units of two layers on the same
+picture, follow a neuron's link, and the JSON twin giving what the page shows."""
 
 from __future__ import annotations
 
@@ -42,39 +42,77 @@ def square_png() -> bytes:
     return out.getvalue()
 
 
+def _rows(page, table: str) -> list[tuple[str, list[str]]]:
+    """(text, the neurons' layer:index) of each row of a concepts table."""
+    rows = page.locator(f"#{table} tbody tr")
+    out = []
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        links = row.locator("a.unit-link")
+        out.append((row.get_attribute("data-text"), [links.nth(j).get_attribute("data-ref") for j in range(links.count())]))
+    return out
+
+
 def test_discover_in_the_browser(discover_site: str, page) -> None:
     png = square_png()
     page.goto(discover_site + f"/discover?model={MODEL}")
+    boxes = page.locator("#discover-form input[name='layers']")
+    layers = [boxes.nth(i).get_attribute("value") for i in range(boxes.count())]
+    assert layers == [f"transformer.resblocks.{b}.mlp" for b in (3, 4, 5)]
+    assert all(boxes.nth(i).is_checked() for i in range(boxes.count()))  # every layer by default
+    first, middle, last = layers
+    page.uncheck(f"#discover-form input[name='layers'][value='{middle}']")  # two of the three
     page.fill("#discover-form input[name='class_name']", "square")
     page.set_input_files("#discover-form input[type='file']", files=[{"name": "square.png", "mimeType": "image/png", "buffer": png}])
     page.locator("#discover-form button[type='submit']").click()
     page.wait_for_selector("#discover-result")
-    rows = page.locator("#concepts tbody tr")
-    texts = [rows.nth(i).get_attribute("data-text") for i in range(rows.count())]
-    assert 1 <= len(texts) <= 10
+    assert page.locator("#discover-result").get_attribute("data-layers") == f"{first},{last}"
+    rows = _rows(page, "concepts")
+    assert 1 <= len(rows) <= 10
+    assert {ref.rpartition(":")[0] for _, refs in rows for ref in refs} <= {first, last}
     assert page.locator("#segmentation-before img.mask").count() == 1
     fraction = float(page.locator("#segmentation-before").get_attribute("data-mask-fraction"))
     assert 0 < fraction < 1
     shot(page, "discover-1-concepts")
 
-    with httpx.Client(base_url=discover_site, timeout=60) as http:
-        twin = http.post("/api/v1/discover", data={"model": MODEL, "class_name": "square"},
-                         files={"file": ("square.png", png, "image/png")}).json()
-    assert [t["text"] for t in twin["before"]["concepts"]["texts"]] == texts
-    assert twin["before"]["segmentation"]["mask_fraction"] == fraction
-    assert page.locator("#segmentation-before img.mask").get_attribute("src") == twin["before"]["segmentation"]["mask"]
+    def twin(**fields) -> dict:
+        with httpx.Client(base_url=discover_site, timeout=60) as http:
+            r = http.post("/api/v1/discover", data={"model": MODEL, "class_name": "square", "layers": f"{first},{last}", **fields},
+                          files={"file": ("square.png", png, "image/png")})
+        assert r.status_code == 200, r.text
+        return r.json()
 
-    # One click silences the neurons behind the top concept and runs the same picture again.
-    behind = [n["unit"] for n in twin["before"]["concepts"]["texts"][0]["neurons"]]
-    page.locator("#ablate-form button").click()
+    before = twin()
+    assert [(t["text"], [n["ref"] for n in t["neurons"]]) for t in before["before"]["concepts"]["texts"]] == rows
+    assert before["before"]["segmentation"]["mask_fraction"] == fraction
+    assert page.locator("#segmentation-before img.mask").get_attribute("src") == before["before"]["segmentation"]["mask"]
+
+    # Silence units of two layers on the same picture: the first layer's three most active
+    # neurons and the neurons of the last layer behind the top text, typed as layer:index.
+    active = before["before"]["concepts"]["active"]
+    chosen = [a["ref"] for a in active if a["layer"] == first][:3]
+    chosen += [n["ref"] for n in before["before"]["concepts"]["texts"][0]["neurons"] if n["layer"] == last]
+    assert len(chosen) > 3
+    page.fill("#ablate-form input[name='ablate']", ", ".join(chosen))
+    page.locator("#ablate-form button[type='submit']").click()
     page.wait_for_selector("#ablation-result")
-    assert page.locator("#ablation-result").get_attribute("data-units") == ",".join(map(str, sorted(behind)))
+    order = {name: i for i, name in enumerate(layers)}
+    refs = sorted(chosen, key=lambda r: (order[r.rpartition(":")[0]], int(r.rpartition(":")[2])))
+    assert page.locator("#ablation-result").get_attribute("data-refs") == ",".join(refs)
     assert page.locator("#prediction-after tbody tr").count() == 5
     assert page.locator("#segmentation-after img.mask").count() == 1
+    after = twin(ablate=",".join(chosen))
+    assert after["ablation"]["refs"] == refs and [g["layer"] for g in after["ablation"]["groups"]] == [first, last]
+    cells = page.locator("#prediction-after tbody tr")
+    assert [(cells.nth(i).get_attribute("data-label"), float(cells.nth(i).get_attribute("data-probability")))
+            for i in range(cells.count())] == [(c["label"], c["probability"]) for c in after["after"]["prediction"]]
+    assert _rows(page, "concepts-after") == [(t["text"], [n["ref"] for n in t["neurons"]])
+                                             for t in after["after"]["concepts"]["texts"]]
     shot(page, "discover-2-ablation")
 
-    # A neuron behind a concept links to its unit page.
+    # A neuron behind a concept links to its unit page, in its own layer.
     link = page.locator("#concepts a.unit-link").first
-    unit = link.get_attribute("data-unit")
+    layer, unit = link.get_attribute("data-layer"), link.get_attribute("data-unit")
+    assert layer in (first, last)
     link.click()
-    page.wait_for_url(f"**/models/{MODEL}/transformer.resblocks.5.mlp/{unit}")
+    page.wait_for_url(f"**/models/{MODEL}/{layer}/{unit}")

@@ -18,8 +18,11 @@ from precompute.discovery import (
     aligned_neurons,
     dense_coefficients,
     discover_concepts,
+    discover_concepts_in_layers,
+    discover_concepts_over_layers,
     iou,
     maximal_text,
+    on_common_texts,
     read,
     segment,
     spurious_cues,
@@ -57,6 +60,31 @@ def test_no_active_neuron_no_concepts():
     layer = _layer([[1, 0, 0, 0]], [10.0], directions=[[1, 0, 0]])
     result = discover_concepts(layer, np.array([[1.0, 0, 0]]))
     assert result.active == [] and result.concepts == []
+
+
+def test_concepts_add_up_over_layers_and_name_each_neurons_layer():
+    # layer A: neuron 0 active with norm 5 (red 1, dog 0.5); neuron 1 inactive.
+    # layer B (its own texts): neuron 0 active with norm 2 (square 2, dog -1); neuron 1 with norm 4 (dog 1).
+    a = LayerKnowledge("A", np.arange(2), np.eye(2, 3, dtype=np.float32), np.zeros((2, 3), np.float32),
+                       np.array([1.0, 1.0], np.float32), ("dog", "red"), np.array([[0.5, 1.0], [9.0, 9.0]], np.float32))
+    b = LayerKnowledge("B", np.array([7, 9]), np.eye(2, 3, dtype=np.float32), np.zeros((2, 3), np.float32),
+                       np.array([1.5, 1.0], np.float32), ("dog", "square"), np.array([[-1.0, 2.0], [1.0, 0.0]], np.float32))
+    a2, b2 = on_common_texts([a, b])
+    assert a2.texts == b2.texts == ("dog", "red", "square")
+    assert a2.coefficients.tolist() == [[0.5, 1.0, 0.0], [9.0, 9.0, 0.0]] and b2.coefficients.tolist() == [[-1.0, 0.0, 2.0], [1.0, 0.0, 0.0]]
+    effects = {"A": np.array([[3, 4, 0], [0, 0, 0]], np.float32), "B": np.array([[0, 0, 2], [0, 4, 0]], np.float32)}
+    result = discover_concepts_in_layers([a2, b2], effects, top=10)
+    assert result.layers == ("A", "B") and result.layer == "B"
+    assert [(n["layer"], n["unit"]) for n in result.active] == [("A", 0), ("B", 9), ("B", 7)]  # norms 5, 4, 2
+    # red: 1 * 5 = 5; dog: 0.5 * 5 + 1 * 4 - 1 * 2 = 4.5; square: 2 * 2 = 4
+    assert [(c.text, round(c.score, 5)) for c in result.concepts] == [("red", 5.0), ("dog", 4.5), ("square", 4.0)]
+    assert [(n["layer"], n["unit"], round(n["contribution"], 5)) for n in result.concepts[1].neurons] == [
+        ("B", 9, 4.0), ("A", 0, 2.5), ("B", 7, -2.0)]
+    over = discover_concepts_over_layers([a2, b2], effects)
+    assert [c.text for c in result.concepts] == [t for t, _ in over]
+    assert [c.score for c in result.concepts] == pytest.approx([v for _, v in over])
+    with pytest.raises(ValueError):
+        discover_concepts_in_layers([a, b], effects)  # two sets of texts
 
 
 def test_dense_coefficients_places_terms():

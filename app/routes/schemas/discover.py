@@ -14,8 +14,13 @@ from app.routes.schemas.probe import DatasetChoice, DatasetImageOut, ProbeModelC
 class DiscoverFormOut(BaseModel):
     models: list[ProbeModelChoice]
     model: str | None
-    layer: str | None = Field(description="The concept layer the form starts with (the last one with directions).")
+    layer: str | None = Field(description="The last of the concept layers the form starts with (the last one with "
+                                    "directions where none has decompositions).")
+    layers: list[str] = Field(default_factory=list, description="The concept layers the form starts with: those asked for, "
+                              "else every layer with directions and decompositions.")
     direction_layers: list[str] = Field(description="The model's layers with stored neuron directions.")
+    concept_layers: list[str] = Field(default_factory=list, description="The model's layers with stored directions and "
+                                      "decompositions: the layers concepts can be discovered on.")
     datasets: list[DatasetChoice]
     dataset: str | None
     dataset_images: list[DatasetImageOut]
@@ -36,6 +41,7 @@ class ClassScoreOut(BaseModel):
 class UnitRef(BaseModel):
     layer: str
     unit: int
+    ref: str = Field(description="layer:index, as `ablate` takes it (transformer.resblocks.3.mlp:17).")
     label: str | None = None
     thumbnail_url: str | None = None
     thumbnail_kind: str | None = None
@@ -61,7 +67,9 @@ class ConceptText(BaseModel):
 
 
 class ConceptsOut(BaseModel):
-    layer: str
+    layer: str = Field(description="The last of `layers` (the only one when concepts come from one layer).")
+    layers: list[str] = Field(default_factory=list, description="The concept layers whose active neurons add up, "
+                              "in the model's order.")
     active_count: int
     active: list[ActiveNeuron]
     texts: list[ConceptText]
@@ -85,17 +93,26 @@ class SegmentationNeuron(UnitRef):
     alignment: float = Field(description="<r_n, e(class)>: the neuron's direction against the class's text embedding.")
 
 
-class AblationOut(BaseModel):
+class AblationGroup(BaseModel):
     layer: str
     units: list[int]
+
+
+class AblationOut(BaseModel):
+    layer: str = Field(description="The layer of the silenced units; with units in several layers, the first of `groups`.")
+    units: list[int] = Field(description="The silenced units of `layer`.")
     mode: str = Field(description="'zero' or 'mean' (each unit set to its dataset mean).")
-    units_info: list[UnitRef]
+    groups: list[AblationGroup] = Field(default_factory=list, description="The silenced units by layer, in the model's "
+                                        "order; all are silenced in the same forward pass.")
+    refs: list[str] = Field(default_factory=list, description="Every silenced unit as layer:index.")
+    units_info: list[UnitRef] = Field(description="The first 64 silenced units, in the order of `refs`.")
     prediction_changed: bool
 
 
 class DiscoverResultOut(BaseModel):
     model: str
-    layer: str
+    layer: str = Field(description="The last of the concept layers (the only one when concepts come from one layer).")
+    layers: list[str] = Field(default_factory=list, description="The concept layers, in the model's order.")
     labels: str
     input: dict[str, Any]
     class_name: str | None
