@@ -213,3 +213,14 @@ def test_world_object_pictures_expose_their_object_mask():
     # the object is drawn in its colour (with a little jitter) where the mask is
     assert np.abs(inside - np.asarray(COLORS["red"], np.float32)).max() < 25
     assert word_image("red", np.random.default_rng([9, 9])).mask is None
+
+
+def test_default_concept_layers_are_the_late_ones_among_those_decomposed():
+    from precompute.discovery import default_concept_layers
+
+    mlp = [f"transformer.resblocks.{i}.mlp" for i in range(6)]
+    assert default_concept_layers("vit", 6, mlp) == mlp[3:]  # toy-vit's demo decomposes all six
+    assert default_concept_layers("vit", 6, mlp[:2]) == mlp[:2]  # no late layer decomposed: all of them
+    vit_b = [f"transformer.resblocks.{i}.mlp" for i in range(12)]
+    assert default_concept_layers("vit", 12, vit_b[7:]) == vit_b[8:11]
+    assert default_concept_layers("resnet", 0, ["layer3", "layer4"]) == ["layer4"]
