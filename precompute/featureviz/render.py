@@ -64,7 +64,7 @@ class RenderItem:
 @dataclass(frozen=True)
 class RenderSettings:
     steps: int = 512
-    lr: float = 0.05
+    lr: float | None = None  # default: `lucid_learning_rate(steps)`
     param: str = "fourier"  # "fourier" | "pixel"
     sd: float = 0.01
     decay: float = 1.0
@@ -80,7 +80,7 @@ class RenderSettings:
     def validate(self) -> None:
         if self.steps < 1:
             raise MicroscopeError("--steps must be at least 1")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise MicroscopeError("the learning rate must be positive")
         if self.param not in ("fourier", "pixel"):
             raise MicroscopeError("the parameterisation must be fourier or pixel")
@@ -89,8 +89,27 @@ class RenderSettings:
         if self.batch_size is not None and self.batch_size < 1:
             raise MicroscopeError("--batch-size must be at least 1")
 
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else lucid_learning_rate(self.steps)
+
     def describe(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        out = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        out["lr"] = self.learning_rate()
+        return out
+
+
+LUCID_LR, LUCID_STEPS = 0.05, 512
+
+
+def lucid_learning_rate(steps: int) -> float:
+    """Lucid's Adam learning rate, 0.05 for its 512 steps, scaled up for shorter runs.
+
+    Adam moves each parameter by about the learning rate per step whatever the gradient's
+    size, so how far an image can travel from its grey start is about lr x steps: a 128-step
+    render at Lucid's rate stops a quarter of the way (saturated colours, which the colour
+    decorrelation puts on its weakest axes, come last). Shorter runs keep Lucid's distance,
+    0.05 x 512; longer runs keep Lucid's rate."""
+    return LUCID_LR * max(1.0, LUCID_STEPS / steps)
 
 
 @dataclass
@@ -381,7 +400,7 @@ def _render_batch(loaded: LoadedModel, layer: str, items: list[RenderItem], sett
     objective = batch_objective(spec, layer, items, settings, probes, scale)
     layers = list(dict.fromkeys((layer, *objective.layers)))
     upstream = any(item.kind == "facet" for item in items)
-    optimiser = torch.optim.Adam(param.parameters(), lr=settings.lr)
+    optimiser = torch.optim.Adam(param.parameters(), lr=settings.learning_rate())
     for step in range(settings.steps):
         context = redirect_activations(loaded.model.visual) if step < settings.redirect_steps else nullcontext()
         with context:
