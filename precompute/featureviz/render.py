@@ -158,9 +158,12 @@ class _Redirected(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            (own,) = torch.autograd.grad(ctx.fn(leaf), leaf, grad)
+        if ctx.fn is _relu:
+            own = grad * (x > 0)
+        else:
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_(True)
+                (own,) = torch.autograd.grad(ctx.fn(leaf), leaf, grad)
         # A GELU is never flat, but below its minimum (x < -0.75) its gradient points down,
         # towards its limit 0 from below: a unit there is as dead as behind a ReLU.
         passes = (own * (x > 0)).flatten(1).norm(dim=1) > 0
