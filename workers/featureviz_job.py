@@ -75,7 +75,7 @@ class FeatureVizRequest:
     facets: tuple[str, ...] = ()
     facet_layer: str | None = None  # default: the render's lower layer
     seed: int = 0
-    lr: float = 0.05
+    lr: float | None = None  # default: the render's, Lucid's rate scaled to the steps
     param: str = "fourier"
     diversity_weight: float = 0.5
     facet_weight: float = 1.0

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from precompute.capture import capture, unit_maxima
 from precompute.featureviz.objectives import gram_cosines, positions_of
@@ -31,19 +32,35 @@ def dataset_maxima(loaded: LoadedModel, layer: str, images: torch.Tensor, units:
     return {"spatial": torch.stack(spatial).max(dim=0).values.numpy(), "channel": torch.stack(channel).max(dim=0).values.numpy()}
 
 
+def _hsv(pixels: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB -> (n, 3) hue, saturation, value in [0, 1] (PIL's conversion)."""
+    flat = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(1, -1, 3)
+    return np.asarray(Image.fromarray(flat).convert("HSV"), np.float32).reshape(-1, 3) / 255.0
+
+
+def _hue_features(hsv: np.ndarray) -> np.ndarray:
+    # Hue on the unit circle; value enters at a quarter weight, enough to tell apart palette
+    # colours of one hue (brown is a dark orange) and too little to outweigh a change of hue
+    # (at most as much as 14 degrees).
+    angle = hsv[:, 0] * 2 * np.pi
+    return np.stack([np.cos(angle), np.sin(angle), 0.25 * hsv[:, 2]], axis=1)
+
+
 def dominant_colour(pixels: np.ndarray, palette: dict[str, tuple[int, int, int]], min_saturation: float = 0.35,
                     min_value: float = 0.25) -> str | None:
-    """The palette colour most of an image's saturated pixels are nearest to (RGB distance);
-    None if the image has (almost) no saturated pixels."""
-    rgb = pixels.reshape(-1, 3).astype(np.float32) / 255.0
-    high, low = rgb.max(axis=1), rgb.min(axis=1)
-    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0)
-    keep = (saturation >= min_saturation) & (high >= min_value)
-    if keep.sum() < 0.01 * len(rgb):
+    """The palette colour whose hue most of an image's saturated pixels have; None if the
+    image has (almost) no saturated pixels.
+
+    Hue, not RGB distance: a visualization shades its colour from dark to bright, and by RGB
+    distance every dim saturated pixel, whatever its hue, is nearest the palette's one dark
+    colour (brown)."""
+    hsv = _hsv(pixels)
+    keep = (hsv[:, 1] >= min_saturation) & (hsv[:, 2] >= min_value)
+    if keep.sum() < 0.01 * len(hsv):
         return None
     names = list(palette)
-    colours = np.asarray([palette[n] for n in names], np.float32) / 255.0
-    nearest = ((rgb[keep, None, :] - colours[None]) ** 2).sum(axis=2).argmin(axis=1)
+    colours = _hue_features(_hsv(np.asarray([palette[n] for n in names], np.uint8)))
+    nearest = ((_hue_features(hsv[keep])[:, None, :] - colours[None]) ** 2).sum(axis=2).argmin(axis=1)
     return names[int(np.bincount(nearest, minlength=len(names)).argmax())]
 
 

@@ -12,7 +12,8 @@ memory holds), keeping each diversity group in one batch.
   its first item, so on CPU the same call gives the same bytes.
 - For the first `redirect_steps` steps every ReLU of the tower is a redirected ReLU (Lucid):
   an image whose gradient would be all zero at a ReLU (a unit dead on the starting image)
-  gets the gradient that pushes the negative inputs up instead, per image.
+  gets the gradient that pushes the negative inputs up instead, per image. A ViT's GELUs
+  get the same: below its minimum a GELU's gradient drives a unit further down, to 0.
 - On CUDA the tower runs channels-last under bfloat16 autocast; parameters, transforms and
   objective reductions stay float32.
 """
@@ -63,7 +64,7 @@ class RenderItem:
 @dataclass(frozen=True)
 class RenderSettings:
     steps: int = 512
-    lr: float = 0.05
+    lr: float | None = None  # default: `lucid_learning_rate(steps)`
     param: str = "fourier"  # "fourier" | "pixel"
     sd: float = 0.01
     decay: float = 1.0
@@ -79,7 +80,7 @@ class RenderSettings:
     def validate(self) -> None:
         if self.steps < 1:
             raise MicroscopeError("--steps must be at least 1")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise MicroscopeError("the learning rate must be positive")
         if self.param not in ("fourier", "pixel"):
             raise MicroscopeError("the parameterisation must be fourier or pixel")
@@ -88,8 +89,27 @@ class RenderSettings:
         if self.batch_size is not None and self.batch_size < 1:
             raise MicroscopeError("--batch-size must be at least 1")
 
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else lucid_learning_rate(self.steps)
+
     def describe(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        out = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        out["lr"] = self.learning_rate()
+        return out
+
+
+LUCID_LR, LUCID_STEPS = 0.05, 512
+
+
+def lucid_learning_rate(steps: int) -> float:
+    """Lucid's Adam learning rate, 0.05 for its 512 steps, scaled up for shorter runs.
+
+    Adam moves each parameter by about the learning rate per step whatever the gradient's
+    size, so how far an image can travel from its grey start is about lr x steps: a 128-step
+    render at Lucid's rate stops a quarter of the way (saturated colours, which the colour
+    decorrelation puts on its weakest axes, come last). Shorter runs keep Lucid's distance,
+    0.05 x 512; longer runs keep Lucid's rate."""
+    return LUCID_LR * max(1.0, LUCID_STEPS / steps)
 
 
 @dataclass
@@ -120,41 +140,70 @@ def item_seed(seed: int, item: RenderItem) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-# -- redirected ReLU --------------------------------------------------------------------
+# -- redirected activations --------------------------------------------------------------
 
 
-class _RedirectedReLU(torch.autograd.Function):
+class _Redirected(torch.autograd.Function):
+    """An activation whose backward is Lucid's redirected ReLU gradient, generalised to the
+    GELU family: per image, where some positive input gets a gradient the activation's own
+    gradient passes; an image whose positive inputs get none (a unit dead on it) gets the
+    loss gradient itself, except where it would push a negative input lower."""
+
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, fn):
         ctx.save_for_backward(x)
-        return x.clamp_min(0)
+        ctx.fn = fn
+        return fn(x)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        relu_grad = grad * (x > 0)
-        # Where the input is negative and the loss gradient would push it lower, stop; push
-        # the other negative inputs up. Used only for images the plain gradient misses.
+        if ctx.fn is _relu:
+            own = grad * (x > 0)
+        else:
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_(True)
+                (own,) = torch.autograd.grad(ctx.fn(leaf), leaf, grad)
+        # A GELU is never flat, but below its minimum (x < -0.75) its gradient points down,
+        # towards its limit 0 from below: a unit there is as dead as behind a ReLU.
+        passes = (own * (x > 0)).flatten(1).norm(dim=1) > 0
         redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
-        passes = relu_grad.flatten(1).norm(dim=1) > 0
         shape = (-1,) + (1,) * (grad.dim() - 1)
-        return torch.where(passes.view(shape), relu_grad, redirected)
+        return torch.where(passes.view(shape), own, redirected), None
+
+
+def _relu(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp_min(0)
 
 
 def redirected_relu(x: torch.Tensor) -> torch.Tensor:
-    return _RedirectedReLU.apply(x)
+    return _Redirected.apply(x, _relu)
+
+
+def redirected_activation(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module`'s forward computed through a redirected gradient (batch-first inputs)."""
+    forward = type(module).forward.__get__(module)
+    return lambda x: _Redirected.apply(x, forward)
+
+
+def _redirectable(module: nn.Module) -> bool:
+    from open_clip.transformer import QuickGELU
+
+    return isinstance(module, (nn.ReLU, nn.GELU, QuickGELU))
 
 
 @contextmanager
-def redirect_relus(model: nn.Module) -> Iterator[int]:
-    """Every nn.ReLU under `model` computes a redirected ReLU while inside; yields how many."""
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    for module in relus:
-        module.forward = redirected_relu  # instance attribute shadows the class's forward
+def redirect_activations(model: nn.Module) -> Iterator[int]:
+    """Every ReLU and GELU under `model` computes its redirected form while inside; yields
+    how many. The activations' inputs are batch-first (open_clip's ResNets and its
+    batch-first transformers), so that the redirection is decided per image."""
+    modules = [m for m in model.modules() if _redirectable(m)]
+    for module in modules:
+        module.forward = redirected_relu if isinstance(module, nn.ReLU) else redirected_activation(module)
     try:
-        yield len(relus)
+        yield len(modules)
     finally:
-        for module in relus:
+        for module in modules:
             del module.forward
 
 
@@ -354,9 +403,9 @@ def _render_batch(loaded: LoadedModel, layer: str, items: list[RenderItem], sett
     objective = batch_objective(spec, layer, items, settings, probes, scale)
     layers = list(dict.fromkeys((layer, *objective.layers)))
     upstream = any(item.kind == "facet" for item in items)
-    optimiser = torch.optim.Adam(param.parameters(), lr=settings.lr)
+    optimiser = torch.optim.Adam(param.parameters(), lr=settings.learning_rate())
     for step in range(settings.steps):
-        context = redirect_relus(loaded.model.visual) if step < settings.redirect_steps else nullcontext()
+        context = redirect_activations(loaded.model.visual) if step < settings.redirect_steps else nullcontext()
         with context:
             images = transform(param(), generator)
             captured = _forward(loaded, normalise(images), layers, grad=True, upstream=upstream)

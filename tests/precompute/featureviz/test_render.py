@@ -10,7 +10,8 @@ from precompute.featureviz.render import (
     auto_batch_size,
     batches_of,
     lower_layer,
-    redirect_relus,
+    redirect_activations,
+    redirected_activation,
     redirected_relu,
     render,
     rgb_batch_to_model,
@@ -30,11 +31,37 @@ def test_redirected_relu_passes_the_plain_gradient_where_it_exists():
     torch.testing.assert_close(redirected_relu(x), torch.relu(x))
 
 
-def test_redirect_relus_swaps_every_relu_and_restores_them(toy_rn):
+def test_redirected_gelu_raises_a_unit_below_the_gelus_minimum():
+    gelu = torch.nn.GELU()
+    x = torch.tensor([[2.0, -3.0], [-3.0, -2.0]], requires_grad=True)
+    grad_out = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]])  # descent direction: raise every output
+    redirected_activation(gelu)(x).backward(grad_out)
+    plain = torch.autograd.functional.vjp(gelu, x.detach(), grad_out)[1]
+    # image 0 has a positive input: GELU's own gradient, which lowers the input at -3 (below
+    # its minimum GELU rises towards 0 as x falls); image 1 is dead: its inputs are raised
+    torch.testing.assert_close(x.grad[0], plain[0])
+    assert plain[1].gt(0).all() and x.grad[1].tolist() == [-1.0, -1.0]
+    torch.testing.assert_close(redirected_activation(gelu)(x), gelu(x))
+
+
+def test_redirect_activations_swaps_every_gelu_and_restores_them(toy_vit):
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = toy_vit.model.visual(images)
+        with redirect_activations(toy_vit.model.visual) as count:
+            during = toy_vit.model.visual(images)
+        after = toy_vit.model.visual(images)
+    assert count == 6
+    torch.testing.assert_close(during, before)
+    torch.testing.assert_close(after, before)
+    assert all("forward" not in m.__dict__ for m in toy_vit.model.visual.modules())
+
+
+def test_redirect_activations_swaps_every_relu_and_restores_them(toy_rn):
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         before = toy_rn.model.visual(images)
-        with redirect_relus(toy_rn.model.visual) as count:
+        with redirect_activations(toy_rn.model.visual) as count:
             during = toy_rn.model.visual(images)
         after = toy_rn.model.visual(images)
     assert count > 10
