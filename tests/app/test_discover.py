@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.server import create_app
 from app.settings import Settings
 from tests.app.conftest import BACKENDS, _database
+from tests.app.images import png
 from tests.discover_store import MODEL, prepare_discover_store
 
 CONCEPT_LAYER = "transformer.resblocks.5.mlp"
@@ -52,12 +52,6 @@ def red_circle() -> Image.Image:
     from precompute.world import object_image
 
     return object_image("circle", "red", 1, np.random.default_rng([31, 2])).image
-
-
-def png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 def post(client: TestClient, image: Image.Image | None | bool = None, path: str = "/api/v1/discover", **fields):

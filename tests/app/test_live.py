@@ -24,12 +24,7 @@ from store.blobs import BlobStore
 from precompute.errors import Problem
 from tests.app.conftest import Store
 from tests.app.html import parse
-
-
-def png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+from tests.app.images import png
 
 
 def scene() -> Image.Image:

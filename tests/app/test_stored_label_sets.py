@@ -4,7 +4,6 @@ model without them is refused with the command that stores them."""
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,6 +18,7 @@ from PIL import Image
 from app.model_service import ModelService
 from app.server import create_app
 from tests.app.conftest import Store
+from tests.app.images import png
 
 STORED = "vit-b-32-stored"  # with stored ImageNet embeddings
 BARE = "vit-b-32-bare"  # without
@@ -114,12 +114,6 @@ def _circle() -> Image.Image:
     return object_image("circle", "blue", 1, np.random.default_rng([22, 1])).image
 
 
-def _png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
 def _expected(vit, vectors: np.ndarray, images: list[Image.Image]) -> torch.Tensor:
     """ImageNet probabilities straight from the stored rows: each class reads the row of its
     name in the pool (two names appear twice among the 1,000 classes)."""
@@ -145,10 +139,10 @@ def test_typographic_probe_reads_stored_imagenet_embeddings(counted, vit) -> Non
 
     client, calls, vectors = counted
     data = {"model": STORED, "layer": LAYER, "text": "square"}
-    first = client.post("/api/v1/probe/typographic", data=data, files={"file": ("c.png", _png(_circle()), "image/png")})
+    first = client.post("/api/v1/probe/typographic", data=data, files={"file": ("c.png", png(_circle()), "image/png")})
     assert first.status_code == 200, first.text
     began = time.perf_counter()
-    r = client.post("/api/v1/probe/typographic", data=data, files={"file": ("c.png", _png(_circle()), "image/png")})
+    r = client.post("/api/v1/probe/typographic", data=data, files={"file": ("c.png", png(_circle()), "image/png")})
     elapsed = time.perf_counter() - began
     assert r.status_code == 200, r.text
     body = r.json()
@@ -163,7 +157,7 @@ def test_typographic_probe_reads_stored_imagenet_embeddings(counted, vit) -> Non
 def test_discover_reads_stored_imagenet_embeddings(counted, vit) -> None:
     client, calls, vectors = counted
     r = client.post("/api/v1/discover", data={"model": STORED, "layer": LAYER},
-                    files={"file": ("c.png", _png(_circle()), "image/png")})
+                    files={"file": ("c.png", png(_circle()), "image/png")})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["labels"] == "imagenet"
@@ -184,7 +178,7 @@ def test_the_stored_embedding_is_the_live_class_embedding(vit) -> None:
 def test_big_label_sets_without_stored_embeddings_are_refused_with_the_command(live_store: Store, live_web: TestClient,
                                                                                vit) -> None:
     _prepare(live_store, vit)
-    files = {"file": ("c.png", _png(_circle()), "image/png")}
+    files = {"file": ("c.png", png(_circle()), "image/png")}
     command = f"microscope textpools add imagenet --imagenet --model {BARE}"
     began = time.perf_counter()
     r = live_web.post("/api/v1/probe/typographic", data={"model": BARE, "layer": LAYER, "text": "square"}, files=files)

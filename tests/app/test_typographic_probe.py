@@ -3,7 +3,6 @@ units with the store's knowledge, silencing, and bad input refused with reasons.
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
@@ -12,12 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.app.conftest import Store
-
-
-def png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+from tests.app.images import png
 
 
 def circle() -> Image.Image:
