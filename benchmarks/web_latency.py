@@ -9,11 +9,11 @@ the load comes from another process (wrk, or benchmarks/loadgen.py where wrk is 
 after a warm-up that is not counted. The figure is the steady state, so the warm-up must let
 every worker build every page once: a page not yet cached costs about 25 ms of CPU to build
 and render (16 statements, a 167 KB page), a cached one about 2 ms, and each worker process
-keeps its own cache; on 2 cores, 1,280 demo pages and 2 workers take about 3 minutes
-(`--warmup 180`). A shorter warm-up measures mostly first views. Prints one JSON object.
+keeps its own cache; on 2 cores, 1,280 demo pages and 2 workers take about 2.5 minutes
+(`--warmup 150`). A shorter warm-up measures mostly first views. Prints one JSON object.
 
     python benchmarks/web_latency.py --store demo --backend sqlite --backend postgres \
-        --duration 30 --warmup 180 --connections 32 --workers 2
+        --duration 30 --warmup 150 --connections 32 --workers 2
 
 The demo stores are built on first use into $TMPDIR/web-demo-sqlite and web-demo-postgres
 (Postgres schema web_demo) and reused; delete a folder to rebuild it.
