@@ -82,7 +82,7 @@ def revoke_token(session: Session, prefix_or_id: str) -> list[ApiToken]:
 
 # -- labels and notes ----------------------------------------------------------------------------
 def _edited(session: Session) -> None:
-    """Count one more edit (see store.queries.edit_stamp), in the write's own transaction."""
+    """Count one more edit (see store.queries.unit_core_and_stamps), in the write's own transaction."""
     session.execute(update(EditStamp).where(EditStamp.id == 1).values(edits=EditStamp.edits + 1))
 
 

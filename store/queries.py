@@ -425,6 +425,9 @@ _RESULTS_GENERATION = select(
 
 
 _GENERATION = _RESULTS_GENERATION.subquery("generation")
+# How many edits (labels, notes, collections) the store has taken: every write in
+# store.annotations adds one in its own transaction, so a page showing edits that was built
+# under the same stamp (and results generation) is still right. Read it before the edits.
 _EDITS = select(EditStamp.edits).where(EditStamp.id == 1).scalar_subquery().label("edits")
 _UNIT_CORE_AND_STAMPS = _UNIT_CORE.add_columns(*_GENERATION.c, _EDITS).join(_GENERATION, literal(True))
 
@@ -432,7 +435,7 @@ _UNIT_CORE_AND_STAMPS = _UNIT_CORE.add_columns(*_GENERATION.c, _EDITS).join(_GEN
 def unit_core_and_stamps(
     session: Session, model_id: str, layer_name: str, index: int
 ) -> tuple[dict[str, Any] | None, tuple[Any, ...] | None, int | None]:
-    """`unit_core`, `results_generation` and `edit_stamp` in one round trip (the unit page's
+    """`unit_core`, `results_generation` and the edit stamp (`_EDITS`) in one round trip (the unit page's
     first read, and all of it when the rendered page is cached); (None, None, None) when there
     is no such unit."""
     row = session.execute(_UNIT_CORE_AND_STAMPS, {"model_id": model_id, "layer_name": layer_name, "index": index}).first()
@@ -441,13 +444,6 @@ def unit_core_and_stamps(
     width = len(_GENERATION.c)
     names = list(_UNIT_CORE.selected_columns.keys())
     return dict(zip(names, row[: -width - 1])), tuple(row[-width - 1:-1]), row[-1]
-
-
-def edit_stamp(session: Session) -> int | None:
-    """How many edits (labels, notes, collections) the store has taken; every write in
-    store.annotations adds one in its own transaction, so a page showing edits that was built
-    under the same stamp (and results generation) is still right. Read it before the edits."""
-    return session.execute(select(_EDITS)).scalar()
 
 
 def results_generation(session: Session) -> tuple[Any, ...]:
