@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +76,13 @@ def _write_entries(path: Path, entries: dict[int, str]) -> None:
     os.replace(tmp, path)
 
 
+PARALLEL_FROM = 1_000  # fewer images are written in this process: starting workers costs more
+CHUNK = 250  # images a worker writes before it reports back
+
+
 def write_dataset(
     out_dir, count: int, seed: int, config: WorldConfig = WorldConfig(), start: int = 0,
-    progress: bool = True,
+    progress: bool = True, workers: int | None = None,
 ) -> Path:
     """Write samples ``start .. start+count-1`` of world ``seed`` under ``out_dir``.
 
@@ -85,6 +91,10 @@ def write_dataset(
     captions.jsonl is rewritten sorted at the start (dropping torn lines) and at
     the end, so its final content never depends on how often the run was
     interrupted. One writer per folder at a time.
+
+    Drawing and encoding a picture is pure Python and Pillow, so a large dataset is
+    written by `workers` processes (default: one per CPU core), each a chunk of indices
+    at a time; a chunk's captions are appended once its pictures are on disk.
     """
     out = Path(out_dir)
     img_dir = out / "images"
@@ -105,21 +115,47 @@ def write_dataset(
     entries = {i: l for i, l in entries.items() if (img_dir / f"{i:07d}.png").exists()}
     _write_entries(cap_path, entries)
     todo = [i for i in range(start, start + count) if i not in entries]
+    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
 
     with open(cap_path, "a", encoding="utf-8") as f, tqdm(
         total=count, initial=count - len(todo), desc=f"world seed {seed}", unit="img",
         disable=not progress,
     ) as bar:
-        for i in todo:
-            s = generate(seed, i, config)
-            name = f"{i:07d}.png"
-            tmp = img_dir / (name + ".tmp")
-            s.image.save(tmp, format="PNG")
-            os.replace(tmp, img_dir / name)
-            line = json.dumps({"file": f"images/{name}", "caption": s.caption, **s.meta})
-            f.write(line + "\n")
+        def record(lines: list[tuple[int, str]]) -> None:
+            for i, line in lines:
+                f.write(line + "\n")
+                entries[i] = line
             f.flush()
-            entries[i] = line
-            bar.update(1)
+            bar.update(len(lines))
+
+        chunks = [todo[k:k + CHUNK] for k in range(0, len(todo), CHUNK)]
+        if workers == 1 or len(todo) < PARALLEL_FROM:
+            for chunk in chunks:
+                record(write_samples(img_dir, seed, chunk, config))
+        else:
+            context = multiprocessing.get_context("spawn")  # the caller may hold torch's threads
+            with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context) as pool:
+                futures = [pool.submit(write_samples, img_dir, seed, chunk, config) for chunk in chunks]
+                try:
+                    for future in as_completed(futures):
+                        record(future.result())
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
     _write_entries(cap_path, entries)
     return out
+
+
+def write_samples(img_dir: Path, seed: int, indices: list[int], config: WorldConfig) -> list[tuple[int, str]]:
+    """Write the PNGs of `indices` (each through a temporary file, so a killed writer leaves
+    no torn picture) and return their caption lines."""
+    lines = []
+    for i in indices:
+        s = generate(seed, i, config)
+        name = f"{i:07d}.png"
+        tmp = img_dir / (name + ".tmp")
+        s.image.save(tmp, format="PNG")
+        os.replace(tmp, img_dir / name)
+        lines.append((i, json.dumps({"file": f"images/{name}", "caption": s.caption, **s.meta})))
+    return lines

@@ -407,6 +407,19 @@ def test_write_dataset_and_resume(tmp_path):
         write_dataset(part, count=3, seed=8, progress=False)
 
 
+def test_a_dataset_written_by_worker_processes_is_the_one_this_process_writes(tmp_path):
+    from precompute.world.dataset import PARALLEL_FROM
+
+    count = PARALLEL_FROM + 307  # what is left after the interruption is written in parallel
+    serial = write_dataset(tmp_path / "serial", count=count, seed=5, progress=False, workers=1)
+    # Interrupted part-way (a picture lost, lines for the first 300 only), then resumed by workers.
+    parallel = tmp_path / "parallel"
+    write_dataset(parallel, count=300, seed=5, progress=False, workers=1)
+    (parallel / "images" / "0000004.png").unlink()
+    write_dataset(parallel, count=count, seed=5, progress=False, workers=2)
+    assert _snapshot(parallel) == _snapshot(serial)
+
+
 def test_truthful_labels_name_the_object_and_zero_keeps_the_earlier_world():
     """Colour names that tell the truth are what lets a colour unit learn to read its colour's
     name; shape names stay random so that typographic attacks still work; and
