@@ -5,7 +5,8 @@ b's objective only: its unit's channel (mean over positions) or neuron (one posi
 diversity member (the channel plus Lucid's diversity term against the other members of its
 unit's group, on a lower layer) or a facet (the faceted objective with that facet's probe).
 Items are cut into batches of `settings.batch_size` (by default as many as the device's
-memory holds), keeping each diversity group in one batch.
+memory holds), keeping each diversity group in one batch and facet images in batches of
+their own (`kind_groups`).
 
 - Reproducible: each image starts from its own seed (from the settings' seed, the unit, the
   kind and the variant), each batch draws its transformations from a generator seeded by
@@ -348,13 +349,25 @@ def render(loaded: LoadedModel, layer: str, items: Sequence[RenderItem], setting
     layers += _facet_layers(items, probes)
     layers = list(dict.fromkeys(layers))
     batch_size = settings.batch_size or auto_batch_size(loaded, layers, spec.image_size)
-    results: list[RenderResult] = []
-    for batch in batches_of(list(items), batch_size):
-        done = _render_batch(loaded, layer, batch, settings, probes, size)
-        results.extend(done)
-        if on_batch is not None:
-            on_batch(done)
-    return results
+    results: dict[int, RenderResult] = {}
+    for indices in kind_groups(items):
+        for batch in batches_of([items[i] for i in indices], batch_size):
+            done = _render_batch(loaded, layer, batch, settings, probes, size)
+            for index, result in zip(indices[: len(done)], done):
+                results[index] = result
+            indices = indices[len(done):]
+            if on_batch is not None:
+                on_batch(done)
+    return [results[i] for i in range(len(items))]
+
+
+def kind_groups(items: Sequence[RenderItem]) -> list[list[int]]:
+    """Indices of `items` in the groups that are optimised in batches of their own: facet
+    images, whose objective takes the gradient at a lower layer (an extra backward pass
+    through every layer above it, for the whole batch), apart from the rest."""
+    facets = [i for i, item in enumerate(items) if item.kind == "facet"]
+    others = [i for i, item in enumerate(items) if item.kind != "facet"]
+    return [group for group in (others, facets) if group]
 
 
 def _forward(loaded: LoadedModel, images: torch.Tensor, layers: list[str], grad: bool, upstream: bool = False):
