@@ -205,6 +205,13 @@ def faceted(objective: Objective, layer: str, probe_weights, weight=1.0) -> Obje
     zeros where an image has no facet). The gradient acts as a filter that keeps the parts
     of g that matter to f; it is taken per image and held fixed (not differentiated again).
 
+    The filter is the gradient's positive part, the parts of g that excite f. With the signed
+    gradient the term's own gradient in g is w * grad f, which where grad f < 0 (a part of g
+    that inhibits the unit) points against the probe: the optimiser then lowers what the probe
+    looks for in the unit's inhibitory parts, and the facet image can score lower on its probe
+    than the plain one. With the positive part the term's gradient is w scaled by a
+    non-negative filter, always on the probe's side.
+
     The activations must be captured with `capture_with_grad(..., upstream=True)` so that
     f's gradient with respect to g exists."""
 
@@ -214,12 +221,13 @@ def faceted(objective: Objective, layer: str, probe_weights, weight=1.0) -> Obje
         (grad,) = torch.autograd.grad(value.sum(), g_raw, retain_graph=True)
         layer_spec = acts.spec.layer(layer)
         g = positions_of(g_raw, layer_spec).float()
-        filt = positions_of(grad.detach(), layer_spec).float()
+        filt = positions_of(grad.detach(), layer_spec).float().clamp_min(0)
         w = torch.as_tensor(probe_weights, device=g.device, dtype=torch.float32)
         if w.dim() == 1:
             w = w.expand(g.shape[0], -1)
         # Summed over positions: for a piecewise-linear f, sum(g * grad f) is about f itself
-        # (Euler), so the facet term is on the scale of the objective whatever the layer.
+        # (Euler) and the positive part's sum is f's excitatory share, so with unit-RMS
+        # weights the facet term is on the scale of the objective whatever the layer.
         term = torch.einsum("bcp,bc->b", g * filt, w)
         return value + term * _per_image(weight, g.shape[0], g.device, torch.float32)
 
@@ -239,3 +247,14 @@ class FacetProbe:
     def score(self, mean_activations: torch.Tensor) -> torch.Tensor:
         w = torch.tensor(self.weights, dtype=torch.float32, device=mean_activations.device)
         return mean_activations.float() @ w + self.bias
+
+    def direction(self) -> torch.Tensor:
+        """The weights scaled to a root mean square of 1: the probe's direction, for the
+        faceted objective. A logistic regression's weights have the scale the regulariser
+        and the separation of its images leave (a separable facet's grow until the
+        regulariser stops them), not one that means anything to the unit's objective; with
+        unit-RMS weights the facet term of `faceted` is on the objective's own scale and
+        the facet weight means the same for every probe and model."""
+        w = torch.tensor(self.weights, dtype=torch.float32)
+        rms = w.square().mean().sqrt()
+        return w / rms if rms > 0 else w

@@ -73,7 +73,7 @@ class RenderSettings:
     redirect_steps: int = 16
     diversity_weight: float = 0.5  # times the unit's objective scale (see `render`)
     diversity_layer: str | None = None  # default: `lower_layer`
-    facet_weight: float = 1.0
+    facet_weight: float = 1.0  # on the probe's unit-RMS direction (`FacetProbe.direction`)
     seed: int = 0
     batch_size: int | None = None  # default: from the device's memory
     image_size: int | None = None  # default: the model's input size
@@ -311,7 +311,7 @@ def batch_objective(spec: ArchitectureSpec, layer: str, items: Sequence[RenderIt
         weights = torch.zeros(len(items), width)
         for b, item in enumerate(items):
             if item.kind == "facet" and probes[item.variant].layer == probe_layer:
-                weights[b] = torch.tensor(probes[item.variant].weights)
+                weights[b] = probes[item.variant].direction()
         total = faceted(total, probe_layer, weights, weight=settings.facet_weight)
     if any(item.kind == "diversity" for item in items):
         div_layer = settings.diversity_layer or lower_layer(spec, layer)

@@ -4,7 +4,8 @@ import torch
 from precompute.architectures import architecture
 from precompute.capture import capture_with_grad
 from precompute.errors import MicroscopeError
-from precompute.featureviz.objectives import Activations, channel, direction, diversity, faceted, gram_cosines, neuron
+from precompute.featureviz.objectives import (Activations, FacetProbe, channel, direction, diversity, faceted, gram_cosines,
+                                              neuron)
 
 VIT = architecture("toy-vit")
 RN = architecture("toy-rn")
@@ -87,7 +88,7 @@ def test_each_image_gets_the_gradient_of_its_own_objective_only(toy_rn):
         torch.testing.assert_close(batched[b : b + 1], alone.grad, atol=1e-6, rtol=1e-4)
 
 
-def test_faceted_adds_the_probe_on_the_gradient_filtered_lower_layer(toy_rn):
+def test_faceted_adds_the_probe_on_the_lower_layer_filtered_by_the_gradients_positive_part(toy_rn):
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1), requires_grad=True)
     captured = capture_with_grad(toy_rn, images, ["layer3", "layer4"], upstream=True)
     acts = Activations(captured, RN)
@@ -96,11 +97,21 @@ def test_faceted_adds_the_probe_on_the_gradient_filtered_lower_layer(toy_rn):
     got = faceted(f, "layer3", torch.stack([w, torch.zeros_like(w)]))(acts)
     g = captured["layer3"]
     (grad,) = torch.autograd.grad(f(acts).sum(), g, retain_graph=True)
-    expected_term = (g * grad * w[None, :, None, None]).sum(dim=(1, 2, 3))
+    expected_term = (g * grad.clamp_min(0) * w[None, :, None, None]).sum(dim=(1, 2, 3))
     torch.testing.assert_close(got[0], f(acts)[0] + expected_term[0])
     torch.testing.assert_close(got[1], f(acts)[1])  # no probe: plain objective
     got.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_a_probes_direction_has_unit_root_mean_square_and_the_probes_signs():
+    probe = FacetProbe("toy-rn", "layer3", "text", (3.0, -4.0, 0.0, 5.0), 7.0)
+    got = probe.direction()
+    # RMS of (3, -4, 0, 5) is sqrt(50 / 4)
+    torch.testing.assert_close(got, torch.tensor([3.0, -4.0, 0.0, 5.0]) / (50 / 4) ** 0.5)
+    torch.testing.assert_close(got.square().mean(), torch.tensor(1.0))
+    zero = FacetProbe("toy-rn", "layer3", "text", (0.0, 0.0), 1.0)
+    torch.testing.assert_close(zero.direction(), torch.zeros(2))
 
 
 def test_upstream_capture_of_vit_tokens_gives_gradients_between_layers(toy_vit):

@@ -127,3 +127,14 @@ def test_the_job_knows_the_built_in_facets():
     from precompute.featureviz.facets import WORLD_FACETS
 
     assert WORLD_FACETS == ("text", "object")
+
+
+def test_a_facet_image_depends_on_the_probes_direction_not_its_scale(toy_rn):
+    weights = torch.randn(384, generator=torch.Generator().manual_seed(3))
+    # Powers of two scale float32 exactly, so that the two directions are the same numbers.
+    small = FacetProbe("toy-rn", "layer3", "text", tuple(float(v) for v in 0.25 * weights), 1.0)
+    large = FacetProbe("toy-rn", "layer3", "text", tuple(float(v) for v in 8.0 * weights), -2.0)
+    item = [RenderItem(5, "facet", "text")]
+    a = render(toy_rn, "layer4", item, FAST, probes={"text": small})[0]
+    b = render(toy_rn, "layer4", item, FAST, probes={"text": large})[0]
+    np.testing.assert_array_equal(a.image, b.image)
