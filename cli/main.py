@@ -643,6 +643,7 @@ def precompute_featureviz(
     diversity: Annotated[int, typer.Option(help="Images per unit for the diversity kind.")] = 4,
     facets: Annotated[Optional[str], typer.Option(help="Facet probes for the facet kind, e.g. text,object.")] = None,
     facet_layer: Annotated[Optional[str], typer.Option(help="Layer of the facet probes (default: the layer below).")] = None,
+    facet_filter: Annotated[str, typer.Option(help="The facet term's gradient filter: positive (its excitatory part) or signed (the article's exact form).")] = "positive",
     seed: Annotated[int, typer.Option(help="Seed of the starting images and transformations.")] = 0,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per optimisation (default: what the device's memory holds).")] = None,
     engine: Annotated[str, typer.Option(help="local (in this process) or ray (the pass as a Ray task).")] = "local",
@@ -658,7 +659,7 @@ def precompute_featureviz(
     request = FeatureVizRequest(
         model_id=model, layer=layer, units=_unit_list(units), kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
         steps=steps, diversity=diversity, facets=tuple(f.strip() for f in (facets or "").split(",") if f.strip()),
-        facet_layer=facet_layer, seed=seed, batch_size=batch_size, engine=engine, ray_address=ray_address,
+        facet_layer=facet_layer, facet_filter=facet_filter, seed=seed, batch_size=batch_size, engine=engine, ray_address=ray_address,
         restart=restart, device=_device(device),
     )
     summary = run_featureviz(StoreConfig.from_settings(get_settings()), request, show_progress=not quiet)

@@ -38,6 +38,7 @@ from workers.state import StateStore
 KIND = "featureviz"
 ENGINES = ("local", "ray")
 KINDS = ("channel", "neuron", "diversity", "facet")
+FACET_FILTERS = ("positive", "signed")  # the faceted objective's gradient filter (precompute.featureviz.objectives.faceted)
 THUMBNAIL = 96
 
 
@@ -79,6 +80,7 @@ class FeatureVizRequest:
     param: str = "fourier"
     diversity_weight: float = 0.5
     facet_weight: float = 1.0
+    facet_filter: str = "positive"  # or "signed", the article's exact form
     batch_size: int | None = None  # images per optimisation; default: from the device's memory
     device: str = "cpu"
     engine: str = "local"
@@ -98,6 +100,8 @@ class FeatureVizRequest:
             raise MicroscopeError("the facet kind needs --facets (e.g. text,object)")
         if self.batch_size is not None and self.batch_size < 1:
             raise MicroscopeError("--batch-size must be at least 1")
+        if self.facet_filter not in FACET_FILTERS:
+            raise MicroscopeError(f"--facet-filter must be one of {', '.join(FACET_FILTERS)}")
         if self.engine not in ENGINES:
             raise MicroscopeError(f"--engine must be one of {', '.join(ENGINES)}")
         if self.units is not None and not self.units:
@@ -118,7 +122,8 @@ class FeatureVizRequest:
         from precompute.featureviz.render import RenderSettings
 
         return RenderSettings(steps=self.steps, lr=self.lr, param=self.param, diversity_weight=self.diversity_weight,
-                              facet_weight=self.facet_weight, seed=self.seed, batch_size=batch_size)
+                              facet_weight=self.facet_weight, facet_filter=self.facet_filter, seed=self.seed,
+                              batch_size=batch_size)
 
     def plan(self) -> dict[str, Any]:
         """What the job's images depend on; its hash is the plan id stored with each image."""
@@ -126,7 +131,7 @@ class FeatureVizRequest:
                 "steps": self.steps, "diversity": self.diversity, "facets": list(self.facets),
                 "facet_layer": self.facet_layer, "seed": self.seed, "lr": self.lr, "param": self.param,
                 "diversity_weight": self.diversity_weight, "facet_weight": self.facet_weight,
-                "batch_size": self.batch_size}
+                "facet_filter": self.facet_filter, "batch_size": self.batch_size}
 
     def plan_id(self) -> str:
         return hashlib.sha256(json.dumps(self.plan(), sort_keys=True).encode()).hexdigest()[:16]

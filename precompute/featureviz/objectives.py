@@ -198,14 +198,15 @@ def diversity(layer: str, groups, weight=1.0) -> Objective:
     return Objective(fn, [layer], f"diversity({layer})")
 
 
-def faceted(objective: Objective, layer: str, probe_weights, weight=1.0) -> Objective:
+def faceted(objective: Objective, layer: str, probe_weights, weight=1.0, positive: bool = True) -> Objective:
     """The faceted objective of "Multimodal Neurons" (appendix): f(g(x)) + w^T (g(x) * grad f(g(x))),
     with g the activations of `layer` (a lower layer), f the rest of `objective`, w a linear
     probe's weights on g's mean over positions (one probe for all images, or one per image;
     zeros where an image has no facet). The gradient acts as a filter that keeps the parts
     of g that matter to f; it is taken per image and held fixed (not differentiated again).
 
-    The filter is the gradient's positive part, the parts of g that excite f. With the signed
+    The filter is the gradient's positive part, the parts of g that excite f, unless
+    `positive=False` asks for the article's signed gradient. With the signed
     gradient the term's own gradient in g is w * grad f, which where grad f < 0 (a part of g
     that inhibits the unit) points against the probe: the optimiser then lowers what the probe
     looks for in the unit's inhibitory parts, and the facet image can score lower on its probe
@@ -221,7 +222,9 @@ def faceted(objective: Objective, layer: str, probe_weights, weight=1.0) -> Obje
         (grad,) = torch.autograd.grad(value.sum(), g_raw, retain_graph=True)
         layer_spec = acts.spec.layer(layer)
         g = positions_of(g_raw, layer_spec).float()
-        filt = positions_of(grad.detach(), layer_spec).float().clamp_min(0)
+        filt = positions_of(grad.detach(), layer_spec).float()
+        if positive:
+            filt = filt.clamp_min(0)
         w = torch.as_tensor(probe_weights, device=g.device, dtype=torch.float32)
         if w.dim() == 1:
             w = w.expand(g.shape[0], -1)

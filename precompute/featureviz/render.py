@@ -51,6 +51,7 @@ from precompute.featureviz.transform import RandomTransform, TransformSettings, 
 from precompute.registry import LoadedModel
 
 KINDS = ("channel", "neuron", "diversity", "facet")
+FACET_FILTERS = ("positive", "signed")
 MAX_AUTO_BATCH = 256
 
 
@@ -74,6 +75,7 @@ class RenderSettings:
     diversity_weight: float = 0.5  # times the unit's objective scale (see `render`)
     diversity_layer: str | None = None  # default: `lower_layer`
     facet_weight: float = 1.0  # on the probe's unit-RMS direction (`FacetProbe.direction`)
+    facet_filter: str = "positive"  # the gradient filter's positive part, or "signed" (`faceted`)
     seed: int = 0
     batch_size: int | None = None  # default: from the device's memory
     image_size: int | None = None  # default: the model's input size
@@ -89,6 +91,8 @@ class RenderSettings:
             raise MicroscopeError("transforms must be lucid or none")
         if self.batch_size is not None and self.batch_size < 1:
             raise MicroscopeError("--batch-size must be at least 1")
+        if self.facet_filter not in FACET_FILTERS:
+            raise MicroscopeError(f"the facet filter must be one of {', '.join(FACET_FILTERS)}")
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else lucid_learning_rate(self.steps)
@@ -312,7 +316,8 @@ def batch_objective(spec: ArchitectureSpec, layer: str, items: Sequence[RenderIt
         for b, item in enumerate(items):
             if item.kind == "facet" and probes[item.variant].layer == probe_layer:
                 weights[b] = probes[item.variant].direction()
-        total = faceted(total, probe_layer, weights, weight=settings.facet_weight)
+        total = faceted(total, probe_layer, weights, weight=settings.facet_weight,
+                        positive=settings.facet_filter == "positive")
     if any(item.kind == "diversity" for item in items):
         div_layer = settings.diversity_layer or lower_layer(spec, layer)
         groups = [item.unit if item.kind == "diversity" else -1 for item in items]

@@ -37,6 +37,8 @@ def test_bad_input_gives_one_line_and_exit_2(cli_env, tmp_path):  # noqa: F811
     assert "no layer 'layer9'" in one_line_error(microscope(*base, "--layer", "layer9", env=cli_env))
     assert "no positions" in one_line_error(microscope(*base, "--layer", "attnpool", "--kinds", "neuron", env=cli_env))
     assert "--steps must be at least 1" in one_line_error(microscope(*base, "--layer", "layer4", "--steps", "0", env=cli_env))
+    assert "--facet-filter must be one of positive, signed" in one_line_error(
+        microscope(*base, "--layer", "layer4", "--facet-filter", "absolute", env=cli_env))
     assert "no facet probe 'text'" in one_line_error(
         microscope(*base, "--layer", "layer4", "--kinds", "facet", "--facets", "text", env=cli_env))
     trained = microscope("featureviz", "train-facet", "--model", "toy-rn", "--facet", "text", "--world", "--count", "12",

@@ -92,14 +92,20 @@ def test_faceted_adds_the_probe_on_the_lower_layer_filtered_by_the_gradients_pos
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1), requires_grad=True)
     captured = capture_with_grad(toy_rn, images, ["layer3", "layer4"], upstream=True)
     acts = Activations(captured, RN)
-    f = channel("layer4", [10, 11])
+    strongest = captured["layer4"].detach().mean(dim=(2, 3)).argmax(dim=1).tolist()  # units alive on these images
+    f = channel("layer4", strongest)
     w = torch.randn(RN.layer("layer3").units, generator=torch.Generator().manual_seed(2))
     got = faceted(f, "layer3", torch.stack([w, torch.zeros_like(w)]))(acts)
     g = captured["layer3"]
     (grad,) = torch.autograd.grad(f(acts).sum(), g, retain_graph=True)
     expected_term = (g * grad.clamp_min(0) * w[None, :, None, None]).sum(dim=(1, 2, 3))
+    assert expected_term[0].abs() > 1e-3
     torch.testing.assert_close(got[0], f(acts)[0] + expected_term[0])
     torch.testing.assert_close(got[1], f(acts)[1])  # no probe: plain objective
+    signed = faceted(f, "layer3", torch.stack([w, torch.zeros_like(w)]), positive=False)(acts)
+    expected_signed = (g * grad * w[None, :, None, None]).sum(dim=(1, 2, 3))  # the article's exact form
+    torch.testing.assert_close(signed[0], f(acts)[0] + expected_signed[0])
+    assert not torch.isclose(signed[0], got[0])  # some of layer3 inhibits the units
     got.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
 
