@@ -57,8 +57,6 @@ def _hooks(
     handles = []
 
     def keep(layer: LayerSpec, tensor: torch.Tensor) -> None:
-        if layer.kind == "conv":
-            tensor = tensor.contiguous()  # a channels-last map, handed on in the usual layout
         store[layer.name] = _to_capture_layout(layer, tensor, batch_first)
         if len(store) == len(layers):
             raise _StopForward
@@ -107,7 +105,7 @@ def _run(
 ) -> dict[str, torch.Tensor]:
     specs = _resolve(loaded.spec, layers)
     captured: dict[str, torch.Tensor] = {}
-    images = loaded.model_input(images)
+    images = images.to(loaded.device, non_blocking=True)
     with _hooks(loaded, specs, captured, detach, pre_activation, upstream):
         try:
             loaded.model.visual(images)

@@ -50,14 +50,6 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def model_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images on the model's device, in the memory layout its tower runs
-        fastest in: channels-last for a ResNet, whose weights `load_model` keeps that way."""
-        images = images.to(self.device, non_blocking=True)
-        if self.spec.family == "resnet" and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
-
     def record(self) -> dict:
         """What was loaded, in the shape of the store's `models` table."""
         return {
@@ -172,10 +164,6 @@ def load_model(
         kind = "checkpoint" if checkpoint_path else "random"
     model.eval().to(target)
     model.requires_grad_(False)
-    if spec.family == "resnet":
-        # oneDNN's and cuDNN's convolutions are faster in channels-last (NHWC): 1.4-1.7x a
-        # forward pass of toy-rn on a CPU. `LoadedModel.model_input` hands them NHWC images.
-        model.visual.to(memory_format=torch.channels_last)
     preprocess, preprocess_cfg = _preprocess_for(model)
     return LoadedModel(
         model_id=model_id,

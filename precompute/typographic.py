@@ -189,7 +189,7 @@ def encode_with_layer(loaded: LoadedModel, pixels: torch.Tensor, layer_name: str
         # Registered after the silencing hook, so it sees the silenced activation.
         handle = loaded.model.visual.get_submodule(layer.module).register_forward_hook(keep)
         try:
-            features = loaded.model.encode_image(loaded.model_input(pixels))
+            features = loaded.model.encode_image(pixels.to(loaded.device))
         finally:
             handle.remove()
     values, _ = unit_maxima(kept["a"], layer)

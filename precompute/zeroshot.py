@@ -255,7 +255,7 @@ def probabilities(loaded: LoadedModel, image_features: torch.Tensor, text_featur
 @torch.inference_mode()
 def classify_pixels(loaded: LoadedModel, pixels: torch.Tensor, labels: LabelSet, cache: TextFeatureCache | None = None) -> torch.Tensor:
     """Class probabilities of a batch of preprocessed images."""
-    image_features = loaded.model.encode_image(loaded.model_input(pixels))
+    image_features = loaded.model.encode_image(pixels.to(loaded.device))
     return probabilities(loaded, image_features, class_features(loaded, labels, cache)).cpu()
 
 

@@ -15,8 +15,8 @@ their own (`kind_groups`).
   an image whose gradient would be all zero at a ReLU (a unit dead on the starting image)
   gets the gradient that pushes the negative inputs up instead, per image. A ViT's GELUs
   get the same: below its minimum a GELU's gradient drives a unit further down, to 0.
-- A ResNet tower runs channels-last (`LoadedModel.model_input`); on CUDA under bfloat16
-  autocast, with parameters, transforms and objective reductions in float32.
+- On CUDA the tower runs channels-last under bfloat16 autocast; parameters, transforms and
+  objective reductions stay float32.
 """
 
 from __future__ import annotations
@@ -255,6 +255,18 @@ def auto_batch_size(loaded: LoadedModel, layers: Sequence[str], size: int) -> in
     return int(max(1, min(MAX_AUTO_BATCH, _available_bytes(loaded.device) // per_image)))
 
 
+@contextmanager
+def _fast_layout(loaded: LoadedModel):
+    if loaded.device.type != "cuda" or loaded.spec.family != "resnet":
+        yield
+        return
+    loaded.model.visual.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        loaded.model.visual.to(memory_format=torch.contiguous_format)
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -355,14 +367,15 @@ def render(loaded: LoadedModel, layer: str, items: Sequence[RenderItem], setting
     layers = list(dict.fromkeys(layers))
     batch_size = settings.batch_size or auto_batch_size(loaded, layers, spec.image_size)
     results: dict[int, RenderResult] = {}
-    for indices in kind_groups(items):
-        for batch in batches_of([items[i] for i in indices], batch_size):
-            done = _render_batch(loaded, layer, batch, settings, probes, size)
-            for index, result in zip(indices[: len(done)], done):
-                results[index] = result
-            indices = indices[len(done):]
-            if on_batch is not None:
-                on_batch(done)
+    with _fast_layout(loaded):
+        for indices in kind_groups(items):
+            for batch in batches_of([items[i] for i in indices], batch_size):
+                done = _render_batch(loaded, layer, batch, settings, probes, size)
+                for index, result in zip(indices[: len(done)], done):
+                    results[index] = result
+                indices = indices[len(done):]
+                if on_batch is not None:
+                    on_batch(done)
     return [results[i] for i in range(len(items))]
 
 
@@ -376,6 +389,8 @@ def kind_groups(items: Sequence[RenderItem]) -> list[list[int]]:
 
 
 def _forward(loaded: LoadedModel, images: torch.Tensor, layers: list[str], grad: bool, upstream: bool = False):
+    if loaded.device.type == "cuda" and loaded.spec.family == "resnet":
+        images = images.contiguous(memory_format=torch.channels_last)
     with _autocast(loaded.device):
         if grad:
             return capture_with_grad(loaded, images, layers, upstream=upstream)

@@ -78,7 +78,7 @@ def _pixel_batches(loaded: LoadedModel, images: list, batch_size: int):
 
 @torch.inference_mode()
 def encode_images(loaded: LoadedModel, images: list, batch_size: int = 256) -> torch.Tensor:
-    features = [loaded.model.encode_image(loaded.model_input(batch)) for batch in _pixel_batches(loaded, images, batch_size)]
+    features = [loaded.model.encode_image(batch.to(loaded.device)) for batch in _pixel_batches(loaded, images, batch_size)]
     return F.normalize(torch.cat(features), dim=-1)
 
 

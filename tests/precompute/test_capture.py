@@ -93,25 +93,3 @@ def test_capture_of_an_early_layer_stops_early(towers):
     full = time.perf_counter() - start
     assert early < full
 
-
-def test_a_resnet_runs_channels_last_and_reads_as_the_contiguous_model_does(toy_rn):
-    """The loaded ResNet keeps its convolution weights channels-last (faster on oneDNN and
-    cuDNN); its captures and embeddings are the contiguous model's, in the usual layout."""
-    import copy
-
-    convs = [m for m in toy_rn.model.visual.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
-    contiguous = copy.deepcopy(toy_rn.model.visual).to(memory_format=torch.contiguous_format)
-    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    got = capture(toy_rn, images, ["layer3", "layer4"])
-    with torch.inference_mode():
-        x = contiguous.stem(images)
-        layer3 = contiguous.layer3(contiguous.layer2(contiguous.layer1(x)))
-        layer4 = contiguous.layer4(layer3)
-    assert got["layer4"].is_contiguous() and got["layer3"].is_contiguous()
-    torch.testing.assert_close(got["layer3"], layer3, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(got["layer4"], layer4, rtol=1e-4, atol=1e-5)
-    with torch.inference_mode():
-        embedded = toy_rn.model.encode_image(toy_rn.model_input(images))
-        expected = contiguous.attnpool(layer4)
-    torch.testing.assert_close(embedded, expected, rtol=1e-4, atol=1e-4)
