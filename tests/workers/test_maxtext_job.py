@@ -52,6 +52,16 @@ def _rows(url: str) -> dict[int, tuple]:
         engine.dispose()
 
 
+def _assert_same_texts(got: dict[int, tuple], expected: dict[int, tuple]) -> None:
+    """The same texts, tokens, starts and steps; the scores to float rounding, which differs in
+    the last bits when the units are batched differently (other matrix shapes)."""
+    assert sorted(got) == sorted(expected)
+    for unit, row in expected.items():
+        other = got[unit]
+        assert other[:2] + other[3:4] + other[5:] == row[:2] + row[3:4] + row[5:], unit
+        assert other[2] == pytest.approx(row[2], abs=1e-5) and other[4] == pytest.approx(row[4], abs=1e-5), unit
+
+
 def _jobs(url: str) -> list[tuple[int, str, int]]:
     engine = make_engine(url)
     try:
@@ -88,9 +98,11 @@ def test_rows_are_the_climb_on_the_stored_directions(migrated_url, tmp_path, toy
     assert restarted["status"] == "done" and _rows(migrated_url) == rows
     # Shards: the same rows, one job row per shard; then back to one shard.
     run_maxtext(store, MaxTextRequest(MODEL, LAYER, units_per_batch=2, shards=3, **QUICK), show_progress=False, loaded=toy_vit)
-    assert _rows(migrated_url) == rows and _jobs(migrated_url) == [(0, "done", 5), (1, "done", 5), (2, "done", 6)]
+    _assert_same_texts(_rows(migrated_url), rows)
+    assert _jobs(migrated_url) == [(0, "done", 5), (1, "done", 5), (2, "done", 6)]
     run_maxtext(store, MaxTextRequest(MODEL, LAYER, units_per_batch=4, **QUICK), show_progress=False, loaded=toy_vit)
-    assert _rows(migrated_url) == rows and _jobs(migrated_url) == [(0, "done", len(PLANTED))]
+    _assert_same_texts(_rows(migrated_url), rows)
+    assert _jobs(migrated_url) == [(0, "done", len(PLANTED))]
 
 
 def test_bad_requests_are_refused_before_any_work(migrated_url, tmp_path, toy_vit):
