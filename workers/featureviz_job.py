@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from precompute.errors import MicroscopeError
+from precompute.featureviz.render import FACET_FILTERS, KINDS
 from store import repository
 from store.blobs import BlobStore
 from workers.engines import Progress, StoreConfig, sessions_for, set_threads
@@ -37,8 +38,6 @@ from workers.state import StateStore
 
 KIND = "featureviz"
 ENGINES = ("local", "ray")
-KINDS = ("channel", "neuron", "diversity", "facet")
-FACET_FILTERS = ("positive", "signed")  # the faceted objective's gradient filter (precompute.featureviz.objectives.faceted)
 THUMBNAIL = 96
 
 

@@ -366,17 +366,18 @@ def render(loaded: LoadedModel, layer: str, items: Sequence[RenderItem], setting
     layers += _facet_layers(items, probes)
     layers = list(dict.fromkeys(layers))
     batch_size = settings.batch_size or auto_batch_size(loaded, layers, spec.image_size)
-    results: dict[int, RenderResult] = {}
+    order: list[int] = []
+    results: list[RenderResult] = []
     with _fast_layout(loaded):
         for indices in kind_groups(items):
+            order += indices
             for batch in batches_of([items[i] for i in indices], batch_size):
                 done = _render_batch(loaded, layer, batch, settings, probes, size)
-                for index, result in zip(indices[: len(done)], done):
-                    results[index] = result
-                indices = indices[len(done):]
+                results.extend(done)
                 if on_batch is not None:
                     on_batch(done)
-    return [results[i] for i in range(len(items))]
+    by_index = dict(zip(order, results))
+    return [by_index[i] for i in range(len(items))]
 
 
 def kind_groups(items: Sequence[RenderItem]) -> list[list[int]]:
